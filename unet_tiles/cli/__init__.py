@@ -1,0 +1,67 @@
+"""The ``unet-tiles`` command.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and
+``run(args) -> int``. Heavy libraries (torch, distributed, prefect) are imported
+inside ``run`` so ``--help`` stays fast. Errors derived from ``UnetTilesError``
+become one line on stderr and exit status 2; anything else exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from unet_tiles import __version__
+from unet_tiles.errors import BlockFailedError, UnetTilesError
+
+COMMANDS = ("init_model", "segment", "train", "demo", "archive", "watch", "bench")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's default prints the whole usage; one line is the contract.
+        self.exit(2, f"unet-tiles: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="unet-tiles", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"unet-tiles {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"unet_tiles.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"unet_tiles.cli.{name}":
+                raise
+            continue
+        sub = module.add_parser(subparsers)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args))
+    except UnetTilesError as exc:
+        print(f"unet-tiles: error: {exc}", file=sys.stderr)
+        return 2
+    except BlockFailedError as exc:
+        print(f"unet-tiles: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("unet-tiles: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
