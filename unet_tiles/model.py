@@ -15,14 +15,16 @@ tiler gives it so that cropped tiles nearly match a whole-image run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from unet_tiles.errors import ModelFormatError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 PADDINGS = ("valid", "same")
 NORMS = ("none", "batch")

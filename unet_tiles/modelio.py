@@ -176,7 +176,8 @@ def load_model(directory: str | os.PathLike[str], device: str = "cpu") -> UNet:
     if missing or unexpected:
         raise ModelFormatError(
             f"{weights_path}: weights do not match config.json "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the files belong to different models"
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "the files belong to different models"
         )
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):

@@ -12,10 +12,13 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from unet_tiles import __version__
 from unet_tiles.errors import BlockFailedError, UnetTilesError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 COMMANDS = ("init_model", "segment", "train", "demo", "archive", "watch", "bench")
 
@@ -50,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # distributed logs every worker start and stop at INFO; users need none of it.
+        for name in ("distributed", "dask_cuda", "prefect"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.run(args))
     except UnetTilesError as exc:

@@ -1,0 +1,83 @@
+"""``unet-tiles segment INPUT OUTPUT --model DIR``: segment one image."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+
+    from unet_tiles.engine import RunSummary
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "segment", help="segment one zarr / OME-Zarr image",
+        description="Segment INPUT (a zarr array, group or OME-Zarr image; local path or "
+        "fsspec URL) into the zarr v3 group OUTPUT. Rerunning the same command resumes.",
+    )
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("output", metavar="OUTPUT")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    p.add_argument("--output", dest="output_kind", default="labels",
+                   choices=("labels", "probabilities", "both"))
+    p.add_argument("--dtype", default="float16", choices=("float16", "float32"),
+                   help="dtype of probabilities")
+    p.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="block edge in pixels (a multiple of the output chunks)")
+    p.add_argument("--tile-size", type=int, default=None, metavar="N",
+                   help="target tile output edge in pixels")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--axes", default=None, help="input axes, e.g. yx, cyx, zyx, tczyx")
+    p.add_argument("--cluster", default="local",
+                   help="local (default), cpu, cuda, or a scheduler address tcp://host:port")
+    p.add_argument("--workers", type=int, default=None, help="workers of a local cluster")
+    p.add_argument("--threads-per-worker", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output written with another model or parameters")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def execute(input: str, output: str, model_dir: str, *, output_kind: str = "labels",
+            dtype: str = "float16", block_size: int | None = None,
+            tile_size: int | None = None, batch_size: int = 4, axes: str | None = None,
+            cluster: str = "local", workers: int | None = None,
+            threads_per_worker: int | None = None, device: str = "auto",
+            overwrite: bool = False, progress: bool | None = None) -> RunSummary:
+    """The ``segment`` command as a function (used by ``demo`` and tests)."""
+    from unet_tiles.run import SegmentRequest, segment
+
+    request = SegmentRequest(
+        input=input, output=output, model_dir=model_dir, output_kind=output_kind, dtype=dtype,
+        block_size=block_size, tile_size=tile_size, axes=axes, overwrite=overwrite,
+        batch_size=batch_size, device=device,
+    )
+    return segment(request, cluster=cluster, workers=workers,
+                   threads_per_worker=threads_per_worker, progress=progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = execute(
+        args.input, args.output, args.model, output_kind=args.output_kind, dtype=args.dtype,
+        block_size=args.block_size, tile_size=args.tile_size, batch_size=args.batch_size,
+        axes=args.axes, cluster=args.cluster, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, device=args.device,
+        overwrite=args.overwrite, progress=False if args.no_progress else None,
+    )
+    print(format_summary(summary, args.output))
+    return 0
+
+
+def format_summary(summary: RunSummary, output: str) -> str:
+    return (
+        f"segmented {summary.pixels / 1e6:.1f} Mpx in {summary.blocks_done} blocks "
+        f"({summary.blocks_skipped} already done) in {summary.seconds:.1f} s = "
+        f"{summary.megapixels_per_s:.2f} Mpx/s -> {output}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(0)

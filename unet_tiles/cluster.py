@@ -1,0 +1,155 @@
+"""Make or join a dask cluster: local CPU, local CUDA, or an existing scheduler.
+
+``dask_cuda`` is imported only on the code path that starts a CUDA cluster,
+so CPU hosts never need it installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unet_tiles.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from distributed import Client
+
+logger = logging.getLogger(__name__)
+
+# Measured in bench/throughput.py on 2 cores: see bench/README.md.
+DEFAULT_THREADS_PER_WORKER = 1
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the engine needs to know about the cluster it runs on."""
+
+    kind: str
+    workers: int
+    threads_per_worker: int
+    torch_threads: int | None
+    resources: dict[str, float] | None = field(default=None)
+
+
+def gpus_present() -> int:
+    """Count NVIDIA GPUs without importing torch or CUDA libraries."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def connect(spec: str = "local", workers: int | None = None,
+            threads_per_worker: int | None = None) -> Iterator[tuple[Client, ClusterInfo]]:
+    """Yield a connected ``Client`` and what it runs on; close what was started.
+
+    ``spec``: ``local`` (CUDA if GPUs are present, else CPU), ``cpu``, ``cuda``,
+    or a scheduler address ``tcp://host:port`` / ``tls://host:port``.
+    """
+    if spec == "local":
+        spec = "cuda" if gpus_present() else "cpu"
+    if spec == "cpu":
+        with _local_cpu(workers, threads_per_worker) as connected:
+            yield connected
+    elif spec == "cuda":
+        with _local_cuda(workers, threads_per_worker) as connected:
+            yield connected
+    elif "://" in spec:
+        with _remote(spec) as connected:
+            yield connected
+    else:
+        raise UsageError(
+            f"--cluster {spec!r} is not one of local, cpu, cuda or a scheduler address "
+            "such as tcp://127.0.0.1:8786"
+        )
+
+
+@contextlib.contextmanager
+def _local_cpu(workers: int | None,
+               threads: int | None) -> Iterator[tuple[Client, ClusterInfo]]:
+    import dask
+    from distributed import Client, LocalCluster
+
+    cores = _cpu_count()
+    threads = threads or DEFAULT_THREADS_PER_WORKER
+    workers = workers or max(1, cores // threads)
+    torch_threads = max(1, cores // (workers * threads))
+    # The Nanny's default MALLOC_TRIM_THRESHOLD_=65536 makes glibc return memory
+    # to the OS after every large free, which slowed torch on CPU by about a
+    # third here; unset it for the workers we start (bench/README.md).
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client, ClusterInfo("cpu", workers, threads, torch_threads)
+
+
+@contextlib.contextmanager
+def _local_cuda(workers: int | None,
+                threads: int | None) -> Iterator[tuple[Client, ClusterInfo]]:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise UsageError(
+            f"--cluster cuda needs dask-cuda ({exc}); install it with "
+            "pip install 'unet-tiles[gpu]'"
+        ) from None
+    from distributed import Client
+
+    gpus = gpus_present()
+    if gpus == 0:
+        raise UsageError("--cluster cuda found no GPU; use --cluster cpu")
+    threads = threads or 2
+    # Each task claims one unit of GPU; a worker has ``threads`` units so the
+    # next block is read while the current one runs on the device.
+    with LocalCUDACluster(
+        n_workers=workers or gpus,
+        threads_per_worker=threads,
+        ip="127.0.0.1",
+        dashboard_address=None,
+        resources={"GPU": threads},
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client, ClusterInfo("cuda", workers or gpus, threads, None, {"GPU": 1})
+
+
+@contextlib.contextmanager
+def _remote(address: str) -> Iterator[tuple[Client, ClusterInfo]]:
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="20s")
+    except OSError as exc:
+        raise UsageError(
+            f"--cluster {address}: cannot reach a dask scheduler there ({exc}); "
+            "start one with 'dask scheduler' or check the address"
+        ) from None
+    with client:
+        info = client.scheduler_info()
+        workers = info.get("workers", {})
+        threads = max((w.get("nthreads", 1) for w in workers.values()), default=1)
+        has_gpu = any("GPU" in (w.get("resources") or {}) for w in workers.values())
+        yield client, ClusterInfo(
+            "remote", len(workers), threads, None, {"GPU": 1} if has_gpu else None
+        )

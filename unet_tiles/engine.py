@@ -1,0 +1,218 @@
+"""Run a block plan on a dask cluster: one task per block, bounded in flight.
+
+Each task reads its window, predicts, writes its chunks and done-marker, and
+returns a few numbers; no pixels pass through the client or the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from unet_tiles.errors import BlockFailedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from distributed import Client
+
+    from unet_tiles.plan import Block, BlockPlan
+    from unet_tiles.source import ImageSource
+    from unet_tiles.writer import OutputSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs for any block of one run (small and picklable)."""
+
+    source: ImageSource
+    output: OutputSpec
+    model_dir: str
+    model_hash: str
+    batch_size: int = 4
+    device: str = "auto"
+    torch_threads: int | None = None
+
+
+@dataclass
+class RunSummary:
+    pixels: int = 0
+    blocks_total: int = 0
+    blocks_done: int = 0
+    blocks_skipped: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def megapixels_per_s(self) -> float:
+        return self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pixels": self.pixels,
+            "blocks_total": self.blocks_total,
+            "blocks_done": self.blocks_done,
+            "blocks_skipped": self.blocks_skipped,
+            "seconds": round(self.seconds, 3),
+            "megapixels_per_s": round(self.megapixels_per_s, 3),
+            "failures": self.failures,
+        }
+
+
+def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
+    """Read + predict + write + mark done, in one worker task."""
+    import torch
+
+    from unet_tiles.predict import cached_model, pick_device, predict_block
+    from unet_tiles.window import read_window
+    from unet_tiles.writer import write_block
+
+    if job.torch_threads and torch.get_num_threads() != job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    device = pick_device(job.device)
+    started = time.perf_counter()
+    model = cached_model(job.model_dir, job.model_hash, device)
+    window = read_window(_open_input(job.source), job.source, block, job.output.dims)
+    result = predict_block(
+        model, window, block,
+        want_labels=job.output.want_labels,
+        want_probabilities=job.output.want_probabilities,
+        probability_dtype=job.output.probability_dtype,
+        batch_size=job.batch_size, device=device,
+    )
+    write_block(_open_output_cached(job.output.url), block, result, job.output.dims)
+    return {"block": block.index, "pixels": block.write.size,
+            "seconds": time.perf_counter() - started}
+
+
+_OPENED: dict[tuple[str, str], Any] = {}
+
+
+def _open_input(source: ImageSource) -> Any:
+    key = ("in", source.location)
+    if key not in _OPENED:
+        _OPENED[key] = source.open()
+    return _OPENED[key]
+
+
+def _open_output_cached(url: str) -> Any:
+    from unet_tiles.writer import open_output
+
+    key = ("out", url)
+    if key not in _OPENED:
+        _OPENED[key] = open_output(url)
+    return _OPENED[key]
+
+
+def describe_block(block: Block, axes: str) -> str:
+    ranges = ", ".join(
+        f"{a}={o}:{o + s}" for a, o, s in zip(axes, block.write.offset, block.write.shape,
+                                              strict=True)
+    )
+    return f"block {block.id} ({ranges})"
+
+
+def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None,
+             max_in_flight: int | None = None, progress: bool | None = None,
+             on_block: Callable[[int, int], None] | None = None,
+             retries: int = 2, resources: dict[str, float] | None = None) -> RunSummary:
+    """Submit one task per block not yet done, at most ``max_in_flight`` at a time.
+
+    Failures do not stop the run: every other block finishes, then
+    ``BlockFailedError`` names the failed blocks with their pixel ranges.
+    """
+    from distributed import as_completed
+
+    started = time.perf_counter()
+    summary = RunSummary(blocks_total=len(plan))
+    todo = []
+    for block in plan:
+        if skip is not None and bool(skip[block.index]):
+            summary.blocks_skipped += 1
+        else:
+            todo.append(block)
+    if max_in_flight is None:
+        threads = sum(client.nthreads().values()) or 1
+        max_in_flight = 2 * threads
+    bar = _progress_bar(len(plan), summary.blocks_skipped, progress)
+    by_key: dict[str, Block] = {}
+    token = uuid.uuid4().hex[:12]
+    pending = iter(todo)
+
+    def submit(block: Block) -> Any:
+        future = client.submit(
+            process_block, job, block, key=f"block-{block.id}-{token}",
+            pure=False, retries=retries, resources=resources,
+        )
+        by_key[future.key] = block
+        return future
+
+    queue = as_completed([submit(b) for b in _take(pending, max_in_flight)])
+    for future in queue:
+        block = by_key.pop(future.key)
+        try:
+            info = future.result()
+            summary.blocks_done += 1
+            summary.pixels += int(info["pixels"])
+        except Exception as exc:
+            summary.failures.append(_failure(block, job, exc))
+        finally:
+            future.release()
+        if bar is not None:
+            bar.update(1)
+        if on_block is not None:
+            on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
+        for nxt in _take(pending, 1):
+            queue.add(submit(nxt))
+    if bar is not None:
+        bar.close()
+    summary.seconds = time.perf_counter() - started
+    if summary.failures:
+        first = summary.failures[0]
+        raise BlockFailedError(
+            f"{len(summary.failures)} of {summary.blocks_total} blocks failed; first: "
+            f"{first['block']}: {first['error']}. The other blocks are written; fix the "
+            "cause and rerun the same command to do only the failed blocks",
+            summary.failures,
+        )
+    return summary
+
+
+def _failure(block: Block, job: BlockJob, exc: BaseException) -> dict[str, Any]:
+    axes = job.output.axes
+    return {
+        "block": describe_block(block, axes),
+        "index": list(block.index),
+        "write": {a: [o, o + s] for a, o, s in zip(axes, block.write.offset, block.write.shape,
+                                                     strict=True)},
+        "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+    }
+
+
+def _take(iterator: Any, n: int) -> list[Any]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            break
+    return out
+
+
+def _progress_bar(total: int, initial: int, progress: bool | None) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="block", dynamic_ncols=True, file=sys.stderr)
+
+
+__all__ = ["BlockJob", "RunSummary", "describe_block", "process_block", "run_plan"]

@@ -1,0 +1,127 @@
+"""Window -> tiles -> batches -> device -> block result.
+
+The model is loaded once per worker process (``cached_model``) and kept on the
+worker's device. Tiles of one block all have the same input size (see
+``plan.tile_axis``), so they batch without padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from unet_tiles.model import UNet
+    from unet_tiles.plan import Block, TileAxis
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """Outputs for exactly one block's write region."""
+
+    labels: np.ndarray | None
+    probabilities: np.ndarray | None
+
+
+@functools.lru_cache(maxsize=2)
+def cached_model(model_dir: str, model_hash: str, device: str) -> UNet:
+    """Load a model once per process; the hash in the key reloads a changed model."""
+    from unet_tiles.modelio import load_model
+
+    del model_hash
+    return load_model(model_dir, device=device)
+
+
+def pick_device(preference: str = "auto") -> str:
+    import torch
+
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
+def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels: bool,
+                  want_probabilities: bool, probability_dtype: str = "float16",
+                  batch_size: int = 4, device: str = "cpu", amp: bool = True) -> BlockResult:
+    """Run ``model`` over the block's tiles and assemble the block's outputs.
+
+    ``window`` is the block's read window ``(C, *spatial)``; for a valid model
+    each tile's output starts where its input starts plus the halo, for a same
+    model the central ``stride`` is cropped from its full-size output.
+    """
+    import torch
+
+    tiles = block.tiles
+    dims = len(tiles)
+    classes = model.config.classes
+    assembled = tuple(t.count * t.stride for t in tiles)
+    labels = np.zeros(assembled, dtype=np.uint8 if classes <= 256 else np.uint16) \
+        if want_labels else None
+    probs = np.zeros((classes, *assembled), dtype=probability_dtype) \
+        if want_probabilities else None
+    positions = list(itertools.product(*(range(t.count) for t in tiles)))
+    window_t = torch.from_numpy(window)
+    if device != "cpu":
+        window_t = window_t.pin_memory().to(device, non_blocking=True)
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.float16)
+        if amp and device.startswith("cuda")
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        for first in range(0, len(positions), batch_size):
+            batch_pos = positions[first : first + batch_size]
+            batch = torch.stack([window_t[_tile_input(pos, tiles)] for pos in batch_pos])
+            logits = model(batch)
+            logits = _crop_to_stride(logits, tiles, model)
+            if labels is not None:
+                lab = logits.argmax(dim=1).to(torch.uint8 if labels.dtype == np.uint8
+                                              else torch.int32).cpu().numpy()
+            if probs is not None:
+                prob = torch.softmax(logits.float(), dim=1).to(
+                    torch.float16 if probability_dtype == "float16" else torch.float32
+                ).cpu().numpy()
+            for j, pos in enumerate(batch_pos):
+                where = tuple(
+                    slice(p * t.stride, (p + 1) * t.stride) for p, t in zip(pos, tiles,
+                                                                             strict=True)
+                )
+                if labels is not None:
+                    labels[where] = lab[j]
+                if probs is not None:
+                    probs[(slice(None), *where)] = prob[j]
+    lead = len(block.write.shape) - dims
+    crop = tuple(
+        slice(block.write.offset[lead + k] - t.start,
+              block.write.offset[lead + k] - t.start + block.write.shape[lead + k])
+        for k, t in enumerate(tiles)
+    )
+    return BlockResult(
+        labels=np.ascontiguousarray(labels[crop]) if labels is not None else None,
+        probabilities=np.ascontiguousarray(probs[(slice(None), *crop)])
+        if probs is not None else None,
+    )
+
+
+def _tile_input(pos: tuple[int, ...], tiles: tuple[TileAxis, ...]) -> tuple[slice, ...]:
+    return (slice(None), *(
+        slice(p * t.stride, p * t.stride + t.size_in) for p, t in zip(pos, tiles, strict=True)
+    ))
+
+
+def _crop_to_stride(logits: torch.Tensor, tiles: tuple[TileAxis, ...], model: UNet) -> torch.Tensor:
+    index: list[slice] = [slice(None), slice(None)]
+    for k, t in enumerate(tiles):
+        have = logits.shape[2 + k]
+        # Valid padding: output already lacks the halo (offset 0); same padding:
+        # the output is input-sized and the halo is cropped from each side.
+        offset = (have - (t.size_in - 2 * model.halo[k])) // 2
+        index.append(slice(offset, offset + t.stride))
+    return logits[tuple(index)]
