@@ -184,6 +184,23 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
     return summary
 
 
+def run_serial(plan: BlockPlan, job: BlockJob, *, skip: Any = None) -> RunSummary:
+    """Run every block in this process, in order: for tests and debugging.
+
+    Same worker function as ``run_plan``, no cluster; errors propagate.
+    """
+    started = time.perf_counter()
+    summary = RunSummary(blocks_total=len(plan))
+    for block in plan:
+        if skip is not None and bool(skip[block.index]):
+            summary.blocks_skipped += 1
+            continue
+        summary.pixels += int(process_block(job, block)["pixels"])
+        summary.blocks_done += 1
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
 def _failure(block: Block, job: BlockJob, exc: BaseException) -> dict[str, Any]:
     axes = job.output.axes
     return {
@@ -215,4 +232,4 @@ def _progress_bar(total: int, initial: int, progress: bool | None) -> Any:
     return tqdm(total=total, initial=initial, unit="block", dynamic_ncols=True, file=sys.stderr)
 
 
-__all__ = ["BlockJob", "RunSummary", "describe_block", "process_block", "run_plan"]
+__all__ = ["BlockJob", "RunSummary", "describe_block", "process_block", "run_plan", "run_serial"]
