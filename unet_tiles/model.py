@@ -209,6 +209,13 @@ class UNet(nn.Module):
     # -- forward ----------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for n in x.shape[2:]:
+            if self.output_size(int(n)) is None:
+                raise ValueError(
+                    f"invalid input shape {tuple(x.shape[2:])} for this U-Net: {n} is not a "
+                    f"valid size (next valid size {self.valid_size(int(n))}, "
+                    f"sizes step by {self.divisor})"
+                )
         x = (x - self.input_offset) * self.input_scale
         skips = []
         for encoder in list(self.encoders)[:-1]:

@@ -1,0 +1,120 @@
+"""Training: the loss falls, runs resume exactly, the model directory is complete."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+
+from unet_tiles.augment import AugmentConfig
+from unet_tiles.cli import main
+from unet_tiles.errors import InputError, OutputConflictError
+from unet_tiles.metrics import average_precision, predict_classes, score
+from unet_tiles.modelio import load_model
+from unet_tiles.synth import generate_arrays, generate_image
+from unet_tiles.train import TrainConfig, batch, prepare, train, weighted_loss
+from unet_tiles.trainio import Pair, load_pairs, split_validation
+
+TINY = {"depth": 2, "base_channels": 4, "tile_px": 32, "batch_size": 2, "dropout": 0.0}
+
+
+def _pairs(seeds: tuple[int, ...], shape: tuple[int, int] = (96, 96)) -> list[Pair]:
+    pairs = []
+    for seed in seeds:
+        image, labels = generate_arrays(shape, seed=seed)
+        pairs.append(Pair(f"synth{seed}", image[None].astype(np.float32), labels))
+    return pairs
+
+
+def _fixed_loss(model_dir, pairs: list[Pair], config: TrainConfig) -> float:
+    model = load_model(model_dir)
+    data = prepare(pairs, config, 2, np.ones(2, np.float32))
+    x, y, w = (torch.from_numpy(a) for a in batch(data, model, config, 10_000, 1.0))
+    with torch.no_grad():
+        return float(weighted_loss(model(x), y, w))
+
+
+def test_a_few_steps_lower_the_loss_and_write_a_model(tmp_path) -> None:
+    torch.manual_seed(0)
+    pairs = _pairs((1,))
+    config = TrainConfig(**TINY, steps=1, lr=1e-2, warmup_steps=1, schedule="constant",
+                         augment=AugmentConfig.off(), val_every=1, seed=3)
+    train(tmp_path / "one", pairs, [], config)
+    before = _fixed_loss(tmp_path / "one", pairs, config)
+    longer = replace(config, steps=40, val_every=40)
+    train(tmp_path / "many", pairs, [], longer)
+    after = _fixed_loss(tmp_path / "many", pairs, longer)
+    assert after < 0.8 * before, (before, after)
+    saved = json.loads((tmp_path / "many" / "config.json").read_text())
+    assert saved["class_names"] == ["background", "object"]
+    assert saved["training"]["recipe"]["steps"] == 40
+    # Normalisation is computed from the training data, not left at identity.
+    assert saved["normalization"]["offset"][0] == pytest.approx(pairs[0].image.mean(), rel=1e-4)
+    assert saved["normalization"]["scale"][0] == pytest.approx(1 / pairs[0].image.std(), rel=1e-3)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path) -> None:
+    pairs = _pairs((1,))
+    full = TrainConfig(**TINY, steps=6, val_every=3, warmup_steps=2, seed=1)
+    train(tmp_path / "a", pairs, pairs, full)
+    # Interrupted after step 4 (not a validation step), then resumed by rerunning.
+    assert train(tmp_path / "b", pairs, pairs, full, stop_at=4).steps == 4
+    assert train(tmp_path / "b", pairs, pairs, full).steps == 6
+
+    wa = load_file(str(tmp_path / "a" / "checkpoint" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "checkpoint" / "model.safetensors"))
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name])
+    with pytest.raises(OutputConflictError, match="another recipe"):
+        train(tmp_path / "b", pairs, pairs, TrainConfig(**TINY, steps=7))
+
+
+def test_metrics_by_hand() -> None:
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    predicted = np.array([[0, 1, 1, 1], [0, 0, 0, 1]])
+    result = score([truth], [predicted], 2)
+    assert result["iou_1"] == pytest.approx(3 / 5)
+    assert result["iou_0"] == pytest.approx(3 / 5)
+    instances = np.array([[1, 1, 0, 2, 2, 0, 3]])
+    guess = np.array([[5, 5, 0, 7, 0, 0, 0]])
+    # object 1 matches (IoU 1), object 2 overlaps 1/2 (not > 0.5), object 3 missed.
+    assert average_precision(instances, guess) == pytest.approx(1 / (1 + 1 + 2))
+
+
+def test_cli_train_from_zarr_and_tiff_with_held_out_validation(tmp_path) -> None:
+    import tifffile
+
+    generate_image(tmp_path / "img.zarr", tmp_path / "gt.zarr", (80, 72), seed=4)
+    tifffile.imwrite(tmp_path / "img.tif", zarr.open_array(tmp_path / "img.zarr")[:])
+    tifffile.imwrite(tmp_path / "gt.tif", zarr.open_array(tmp_path / "gt.zarr")[:])
+    pairs = load_pairs([tmp_path / "img.zarr", tmp_path / "img.tif"],
+                       [tmp_path / "gt.zarr", tmp_path / "gt.tif"], 2)
+    np.testing.assert_array_equal(pairs[0].image, pairs[1].image)
+    _, val_part = split_validation(pairs[:1], 0.25)
+    assert val_part[0].mask.shape == (20, 72)
+    code = main(["train", str(tmp_path / "model"), "--images", str(tmp_path / "img.zarr"),
+                 "--masks", str(tmp_path / "gt.zarr"), "--depth", "2", "--base-channels", "4",
+                 "--tile", "32", "--steps", "4", "--val-every", "2", "--border-class",
+                 "--no-progress"])
+    assert code == 0
+    model = load_model(tmp_path / "model")
+    assert model.config.class_names == ("background", "object", "border")
+    metrics = model.config.training["metrics"]
+    assert {"iou_1", "iou_2", "mean_iou", "ap50"} <= set(metrics["best"])
+    assert predict_classes(model, pairs[0].image).shape == (80, 72)
+
+
+def test_bad_inputs_are_input_errors(tmp_path) -> None:
+    generate_image(tmp_path / "img.zarr", tmp_path / "gt.zarr", (40, 40), seed=4)
+    generate_image(tmp_path / "i2.zarr", tmp_path / "g2.zarr", (40, 41), seed=4)
+    with pytest.raises(InputError, match="differs from its image"):
+        load_pairs([tmp_path / "img.zarr"], [tmp_path / "g2.zarr"], 2)
+    with pytest.raises(InputError, match="2 images but 1 masks"):
+        load_pairs([tmp_path / "img.zarr", tmp_path / "i2.zarr"], [tmp_path / "gt.zarr"], 2)
+    assert main(["train", str(tmp_path / "m"), "--images", str(tmp_path / "nope"),
+                 "--masks", str(tmp_path / "gt.zarr")]) == 2
