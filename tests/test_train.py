@@ -20,6 +20,17 @@ from unet_tiles.synth import generate_arrays, generate_image
 from unet_tiles.train import TrainConfig, batch, prepare, train, weighted_loss
 from unet_tiles.trainio import Pair, load_pairs, split_validation
 
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny models run fastest on one thread, and OpenMP threads spin badly
+    # when the CI box is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY = {"depth": 2, "base_channels": 4, "tile_px": 32, "batch_size": 2, "dropout": 0.0}
 
 
