@@ -99,7 +99,8 @@ def _local_cpu(workers: int | None,
         threads_per_worker=threads,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        # Dashboard on loopback only: it shows paths and logs, and has no auth.
+        dashboard_address="127.0.0.1:0",
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         yield client, ClusterInfo("cpu", workers, threads, torch_threads)
@@ -127,7 +128,7 @@ def _local_cuda(workers: int | None,
         n_workers=workers or gpus,
         threads_per_worker=threads,
         ip="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
         resources={"GPU": threads},
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 def format_summary(summary: RunSummary, output: str) -> str:
     return (
-        f"segmented {summary.pixels / 1e6:.1f} Mpx in {summary.blocks_done} blocks "
+        f"segmented {summary.pixels / 1e6:.2f} Mpx in {summary.blocks_done} blocks "
         f"({summary.blocks_skipped} already done) in {summary.seconds:.1f} s = "
         f"{summary.megapixels_per_s:.2f} Mpx/s -> {output}"
     )
