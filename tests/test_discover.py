@@ -1,0 +1,151 @@
+"""Archive discovery and the "already done?" decision."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import zarr
+
+from unet_tiles.discover import ImageRef, check_done, find_images, is_ignored
+from unet_tiles.errors import InputError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _array(path: Path | str, zarr_format: int = 3) -> None:
+    a = zarr.create_array(str(path), shape=(8, 10), chunks=(4, 5), dtype="uint8",
+                          fill_value=0, zarr_format=zarr_format)
+    a[:] = np.arange(80, dtype="uint8").reshape(8, 10)
+
+
+def _ome(path: Path) -> None:
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"datasets": [{"path": "0"}]}]}
+    _array(path / "0")
+    _array(path / "1")
+
+
+def _relatives(root: Path | str, **kwargs: object) -> list[str]:
+    return [ref.relative for ref in find_images(str(root), **kwargs)]  # type: ignore[arg-type]
+
+
+def test_finds_arrays_groups_and_ome_at_any_depth(tmp_path: Path) -> None:
+    _array(tmp_path / "a.zarr")
+    _array(tmp_path / "night" / "b.zarr", zarr_format=2)
+    _ome(tmp_path / "night" / "deep" / "c.ome.zarr")
+    group = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    group.create_array("raw", shape=(4, 4), dtype="uint8")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    # Never descend into an image: its levels 0 and 1 are not images of their own.
+    assert _relatives(tmp_path) == ["a.zarr", "d.zarr", "night/b.zarr",
+                                    "night/deep/c.ome.zarr"]
+
+
+def test_container_groups_are_descended(tmp_path: Path) -> None:
+    plate = zarr.open_group(str(tmp_path / "plate.zarr"), mode="w", zarr_format=3)
+    plate.attrs["bioformats2raw.layout"] = 3
+    _ome(tmp_path / "plate.zarr" / "0")
+    _ome(tmp_path / "plate.zarr" / "1")
+    assert _relatives(tmp_path) == ["plate.zarr/0", "plate.zarr/1"]
+
+
+def test_hidden_temporary_and_excluded_are_ignored(tmp_path: Path) -> None:
+    _array(tmp_path / "ok.zarr")
+    _array(tmp_path / ".hidden.zarr")
+    _array(tmp_path / "copy.zarr.tmp")
+    _array(tmp_path / "upload.zarr.partial")
+    _array(tmp_path / "~lock.zarr")
+    _array(tmp_path / "out" / "ok.zarr")
+    assert _relatives(tmp_path, exclude=[str(tmp_path / "out")]) == ["ok.zarr"]
+    assert [is_ignored(n) for n in (".x", "a.tmp", "a.zarr", "b~")] == [True, True, False, True]
+
+
+def test_symlinks_are_followed_only_inside_the_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    _array(root / "a.zarr")
+    _array(outside / "secret.zarr")
+    os.symlink(outside, root / "escape")
+    os.symlink(root, root / "loop")
+    os.symlink(root / "a.zarr", root / "alias.zarr")
+    found = _relatives(root)
+    assert "escape/secret.zarr" not in found
+    assert not any(r.startswith("loop") for r in found)
+    assert len(found) == 1  # a.zarr and its alias are one store
+
+
+def test_broken_metadata_is_still_found_so_it_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "bad.zarr").mkdir()
+    (tmp_path / "bad.zarr" / "zarr.json").write_text("{not json")
+    assert _relatives(tmp_path) == ["bad.zarr"]
+
+
+def test_root_may_be_an_image_and_must_be_a_folder(tmp_path: Path) -> None:
+    _array(tmp_path / "one.zarr")
+    refs = find_images(str(tmp_path / "one.zarr"))
+    assert [r.relative for r in refs] == [""]
+    assert refs[0].output_url("/out") == "/out/one.zarr"
+    with pytest.raises(InputError, match="not a folder"):
+        find_images(str(tmp_path / "missing"))
+
+
+def test_fsspec_roots() -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/arch/x/a.zarr/zarr.json", json.dumps({"node_type": "array"}).encode())
+    fs.pipe("/arch/.tmp.zarr/zarr.json", json.dumps({"node_type": "array"}).encode())
+    fs.pipe("/arch/g.zarr/zarr.json",
+            json.dumps({"node_type": "group", "attributes": {"multiscales": []}}).encode())
+    fs.pipe("/arch/g.zarr/0/zarr.json", json.dumps({"node_type": "array"}).encode())
+    refs = find_images("memory://arch")
+    assert [(r.url, r.relative) for r in refs] == [
+        ("memory:///arch/g.zarr", "g.zarr"), ("memory:///arch/x/a.zarr", "x/a.zarr")]
+    fs.rm("/arch", recursive=True)
+
+
+@pytest.mark.parametrize(
+    ("relative", "expected"),
+    [("a.zarr", "/o/a.zarr"), ("n/b.ome.zarr", "/o/n/b.ome.zarr"),
+     ("plate.zarr/0", "/o/plate.zarr/0.zarr")],
+)
+def test_output_url(relative: str, expected: str) -> None:
+    assert ImageRef(f"/r/{relative}", relative).output_url("/o/") == expected
+
+
+WANTED = {"model_hash": "m1", "parameters": {"output": "labels", "chunks": [64, 80]},
+          "input": {"fingerprint": "f1"}}
+
+
+@pytest.mark.parametrize(
+    ("stored", "action", "reason"),
+    [
+        (None, "run", "no output yet"),
+        ({**WANTED, "status": "complete"}, "skip", "already segmented"),
+        ({**WANTED, "status": "running"}, "run", "unfinished"),
+        ({**WANTED, "status": "complete", "model_hash": "m0"}, "redo", "model changed"),
+        ({**WANTED, "status": "complete", "parameters": {"output": "both", "chunks": [64, 80]}},
+         "redo", "parameters changed (output)"),
+        ({**WANTED, "status": "complete", "input": {"fingerprint": "f0"}}, "redo", "content"),
+    ],
+)
+def test_check_done(stored: dict[str, object] | None, action: str, reason: str) -> None:
+    check = check_done(stored, WANTED)
+    assert check.action == action
+    assert reason in check.reason
+
+
+def test_reacquired_image_changes_fingerprint(tmp_path: Path) -> None:
+    """Same path, new content: the fingerprint (hence the decision) changes."""
+    from unet_tiles.source import fingerprint, open_source
+
+    _array(tmp_path / "a.zarr")
+    before = fingerprint(open_source(str(tmp_path / "a.zarr")))
+    chunk = tmp_path / "a.zarr" / "c" / "0" / "0"
+    os.utime(chunk, ns=(chunk.stat().st_atime_ns, chunk.stat().st_mtime_ns + 10**9))
+    assert fingerprint(open_source(str(tmp_path / "a.zarr"))) != before
