@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles.errors import BlockFailedError
+from unet_tiles.faults import with_retries
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,7 +79,11 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     device = pick_device(job.device)
     started = time.perf_counter()
     model = cached_model(job.model_dir, job.model_hash, device)
-    window = read_window(_open_input(job.source), job.source, block, job.output.dims)
+    name = describe_block(block, job.output.axes)
+    # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
+    window = with_retries(
+        lambda: read_window(_open_input(job.source), job.source, block, job.output.dims),
+        f"reading {name}", job.source.location)
     result = predict_block(
         model, window, block,
         want_labels=job.output.want_labels,
@@ -86,7 +91,9 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         probability_dtype=job.output.probability_dtype,
         batch_size=job.batch_size, device=device,
     )
-    write_block(_open_output_cached(job.output.url), block, result, job.output.dims)
+    with_retries(
+        lambda: write_block(_open_output_cached(job.output.url), block, result, job.output.dims),
+        f"writing {name}", job.output.url)
     return {"block": block.index, "pixels": block.write.size,
             "seconds": time.perf_counter() - started}
 
@@ -153,6 +160,7 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
         by_key[future.key] = block
         return future
 
+    fatal: str | None = None
     queue = as_completed([submit(b) for b in _take(pending, max_in_flight)])
     for future in queue:
         block = by_key.pop(future.key)
@@ -162,17 +170,22 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             summary.pixels += int(info["pixels"])
         except Exception as exc:
             summary.failures.append(_failure(block, job, exc))
+            # A full disk or a worker killed again and again fails every next block
+            # the same way: start no more (faults.py), report the cause once.
+            fatal = fatal or _fatal(exc, block, plan, job, client)
         finally:
             future.release()
         if bar is not None:
             bar.update(1)
         if on_block is not None:
             on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
-        for nxt in _take(pending, 1):
+        for nxt in _take(pending, 0 if fatal else 1):
             queue.add(submit(nxt))
     if bar is not None:
         bar.close()
     summary.seconds = time.perf_counter() - started
+    if fatal:
+        raise BlockFailedError(fatal, summary.failures)
     if summary.failures:
         first = summary.failures[0]
         raise BlockFailedError(
@@ -210,6 +223,18 @@ def _failure(block: Block, job: BlockJob, exc: BaseException) -> dict[str, Any]:
                                                      strict=True)},
         "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
     }
+
+
+def _fatal(exc: BaseException, block: Block, plan: BlockPlan, job: BlockJob,
+           client: Client) -> str | None:
+    """The run-stopping message for a full disk or a repeatedly killed worker, else None."""
+    from unet_tiles.faults import DiskFullError, is_killed_worker, memory_hint
+
+    if isinstance(exc, DiskFullError):
+        return str(exc)
+    if is_killed_worker(exc):
+        return memory_hint(exc, describe_block(block, job.output.axes), plan, job, client)
+    return None
 
 
 def _take(iterator: Any, n: int) -> list[Any]:

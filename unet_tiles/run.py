@@ -141,11 +141,14 @@ def segment(request: SegmentRequest, cluster: str = "local", workers: int | None
             threads_per_worker: int | None = None, progress: bool | None = None) -> RunSummary:
     """Validate, prepare and run one image on a cluster started or joined for it."""
     from unet_tiles.cluster import connect
+    from unet_tiles.lock import output_lock
 
     run = validate(request)
-    prepare(run)
-    with connect(cluster, workers, threads_per_worker) as (client, info):
-        return execute(run, client, info, progress=progress)
+    # Held from prepare to finalize: a second run on this output refuses (lock.py).
+    with output_lock(request.output):
+        prepare(run)
+        with connect(cluster, workers, threads_per_worker) as (client, info):
+            return execute(run, client, info, progress=progress)
 
 
 def _check_paths(input_url: str, output_url: str) -> None:

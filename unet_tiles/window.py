@@ -79,6 +79,8 @@ def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int)
         )
     try:
         data: Any = array[region_t]
+    except OSError:
+        raise  # transient I/O: the engine retries it (faults.py); not the input's fault
     except Exception as exc:  # a codec error names no chunk; say which region failed
         raise InputIncompleteError(
             f"input unreadable: {source.location} region "

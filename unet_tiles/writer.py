@@ -125,6 +125,11 @@ def prepare_output(spec: OutputSpec, plan: BlockPlan, record: dict[str, Any],
                 )
         else:
             why = _same_run(stored, record)
+            if why is not None:
+                from unet_tiles.resume import adopt_repaired_input
+
+                # A repaired input chunk under only unfinished blocks still resumes.
+                why = None if adopt_repaired_input(spec.url, plan, stored, record) else why
             if why is None:
                 _remove_partial_files(spec.url)
                 return True
