@@ -36,7 +36,7 @@ class BlockJob:
     output: OutputSpec
     model_dir: str
     model_hash: str
-    batch_size: int = 4
+    batch_size: int | None = None
     device: str = "auto"
     torch_threads: int | None = None
 

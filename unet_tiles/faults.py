@@ -156,7 +156,7 @@ def memory_hint(exc: BaseException, block_name: str, plan: Any, job: Any, client
         suggestion = suggest_block_size(
             limit, current, plan.divisor, dims=dims, in_channels=config.in_channels,
             classes=config.classes, halo=max(plan.halo), tile_px=plan.tile_out,
-            batch_size=job.batch_size, base_channels=config.base_channels,
+            batch_size=job.batch_size or 8, base_channels=config.base_channels,
         )
     allowed = getattr(exc, "allowed_failures", None)
     attempts = allowed + 1 if isinstance(allowed, int) else None

@@ -49,7 +49,8 @@ def pick_device(preference: str = "auto") -> str:
 
 def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels: bool,
                   want_probabilities: bool, probability_dtype: str = "float16",
-                  batch_size: int = 4, device: str = "cpu", amp: bool = True) -> BlockResult:
+                  batch_size: int | None = None, device: str = "cpu",
+                  amp: bool = True) -> BlockResult:
     """Run ``model`` over the block's tiles and assemble the block's outputs.
 
     ``window`` is the block's read window ``(C, *spatial)``; for a valid model
@@ -58,6 +59,10 @@ def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels:
     """
     import torch
 
+    if batch_size is None:
+        # Measured here: on CPU, four 604 px tiles one at a time ran 1.8x faster
+        # than as one batch of four; GPUs need batches to fill the device.
+        batch_size = 1 if device == "cpu" else 8
     tiles = block.tiles
     dims = len(tiles)
     classes = model.config.classes

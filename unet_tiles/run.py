@@ -46,7 +46,7 @@ class SegmentRequest:
     tile_size: int | None = None
     axes: str | None = None
     overwrite: bool = False
-    batch_size: int = 4
+    batch_size: int | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -54,7 +54,7 @@ class SegmentRequest:
             raise UsageError(f"--output {self.output_kind!r} must be one of {OUTPUT_KINDS}")
         if self.dtype not in PROBABILITY_DTYPES:
             raise UsageError(f"--dtype {self.dtype!r} must be one of {PROBABILITY_DTYPES}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
