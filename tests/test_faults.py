@@ -362,3 +362,192 @@ def test_changed_chunk_under_a_done_block_is_refused(tmp_path: Path, model: Path
     chunk.write_bytes(chunk.read_bytes())  # same bytes, but written after the blocks
     with pytest.raises(OutputConflictError, match="different input content"):
         prepare(validate(SegmentRequest(inp, out, str(model), block_size=int(BLOCK))))
+
+
+# --- 4: transient read/write errors ------------------------------------------------------
+
+
+def test_with_retries_backs_off_then_gives_up_and_never_retries_deterministic_errors(
+) -> None:
+    import errno
+
+    from unet_tiles.errors import InputIncompleteError
+    from unet_tiles.faults import DiskFullError, with_retries
+
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TimeoutError("slow store")
+        return "ok"
+
+    assert with_retries(flaky, "reading block 0.0", "img.zarr", backoff_s=0.001) == "ok"
+    assert len(calls) == 3
+
+    def always(exc: BaseException) -> Callable[[], None]:
+        def action() -> None:
+            calls.append(1)
+            raise exc
+        return action
+
+    for exc, attempts in ((OSError(errno.EIO, "io"), 4),
+                          (InputIncompleteError("input incomplete: chunk c/0/0"), 1),
+                          (PermissionError(errno.EACCES, "denied"), 1)):
+        calls.clear()
+        with pytest.raises(type(exc)):
+            with_retries(always(exc), "reading block 0.0", "img.zarr", attempts=4,
+                         backoff_s=0.001)
+        assert len(calls) == attempts, exc
+    calls.clear()
+    with pytest.raises(DiskFullError, match=r"no space left .* writing block 1\.2 .* free space"):
+        with_retries(always(OSError(errno.ENOSPC, "full")), "writing block 1.2", "out.zarr",
+                     backoff_s=0.001)
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_transient_io_errors_are_retried_and_the_output_is_correct(
+        tmp_path: Path, model: Path) -> None:
+    import faultfs
+    from distributed import Client, LocalCluster
+
+    from unet_tiles.run import SegmentRequest, execute, prepare, validate
+
+    inp = make_image(tmp_path / "img.zarr")
+    url = f"{faultfs.PROTOCOL}://{inp}"
+
+    def run(out: Path, client: Any) -> None:
+        r = validate(SegmentRequest(url, f"{faultfs.PROTOCOL}://{out}", str(model),
+                                    output_kind="both", block_size=int(BLOCK)))
+        prepare(r)
+        execute(r, client, progress=False)
+
+    # In-process workers share the armed faults with this test.
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        run(tmp_path / "ref.zarr", client)
+        faultfs.reset()
+        faultfs.arm(read=r"img\.zarr/c/1/1$", times=2)
+        faultfs.arm(read=r"img\.zarr/c/3/4$", times=1, error=TimeoutError)
+        faultfs.arm(write=r"out\.zarr/labels/c/2/3$", times=2)
+        faultfs.arm(write=r"out\.zarr/probabilities/c/0/1/1$", times=1)
+        faultfs.arm(write=r"out\.zarr/done/c/0/0$", times=1)
+        try:
+            run(tmp_path / "out.zarr", client)
+        finally:
+            injected = faultfs.reset()
+    assert len(injected) == 7, injected
+    assert_identical(tmp_path / "out.zarr", tmp_path / "ref.zarr")
+
+
+# --- 5: the output disk fills up ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(disk)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_is_clear_marks_nothing_and_resumes(
+        tmp_path: Path, model: Path, client: Any, small_disk: Path,
+        spawn: Callable[..., Any]) -> None:
+    import zarr
+
+    inp = make_image(tmp_path / "img.zarr")
+    extra = ("--output", "both", "--dtype", "float32")
+    from unet_tiles.run import SegmentRequest, execute, prepare, validate
+
+    ref = str(tmp_path / "ref.zarr")
+    r = validate(SegmentRequest(inp, ref, str(model), output_kind="both", dtype="float32",
+                                block_size=int(BLOCK)))
+    prepare(r)
+    execute(r, client, progress=False)
+    out = str(small_disk / "out.zarr")
+
+    status, _stdout, stderr = run_cli(spawn, segment_argv(inp, out, model, *extra))
+    assert status == 1, stderr
+    message = [line for line in stderr.splitlines() if line.startswith("unet-tiles")][-1]
+    assert "no space left on the output disk" in message, message
+    assert re.search(r"block \d\.\d \(y=\d+:\d+, x=\d+:\d+\)", message), message
+    assert "free space" in message
+    assert "rerun the same command" in message
+    done = done_grid(out)
+    assert done is not None
+    assert 0 < done.sum() < done.size
+    # Everything marked done is complete and correct; no temporary file is left.
+    for name in ("labels", "probabilities"):
+        got, want = zarr.open_array(out, path=name, mode="r"), zarr.open_array(ref, path=name)
+        for index in zip(*np.nonzero(done), strict=True):
+            sl = tuple(slice(i * CHUNK, (i + 1) * CHUNK) for i in index)
+            sl = sl if name == "labels" else (slice(None), *sl)
+            np.testing.assert_array_equal(got[sl], want[sl])
+    assert not list(Path(out).rglob("*.partial"))
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    status, stdout, stderr = run_cli(spawn, segment_argv(inp, out, model, *extra))
+    assert status == 0, stderr
+    _computed, skipped = map(int, SUMMARY.search(stdout).groups())  # type: ignore[union-attr]
+    assert skipped == int(done.sum())
+    assert_identical(out, ref)
+
+
+# --- 6: two runs on one output --------------------------------------------------------------
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) -> None:
+    import json
+
+    from unet_tiles.errors import OutputConflictError
+    from unet_tiles.lock import RunLock, lock_path
+
+    out = str(tmp_path / "out.zarr")
+    # A crashed run's leftover lock file (a dead pid, no flock held) never blocks.
+    path = lock_path(out)
+    assert path == tmp_path / ".out.zarr.lock"
+    path.write_text(json.dumps({"pid": 999_999_999, "host": "gone", "started": "yesterday"}))
+    with RunLock(out):
+        holder = subprocess.run(
+            [sys.executable, "-c", "from unet_tiles.lock import RunLock; import sys; "
+             f"RunLock({out!r}).acquire()"], capture_output=True, text=True, check=False)
+        assert holder.returncode == 1
+        assert "is being written by another unet-tiles run" in holder.stderr
+        assert f"pid {os.getpid()}" in holder.stderr
+        with pytest.raises(OutputConflictError, match="another unet-tiles run"):
+            RunLock(out).acquire()
+    assert not path.exists()
+    with RunLock(out):  # free again
+        pass
+
+
+@pytest.mark.slow
+def test_second_run_refuses_while_first_runs_then_takes_over_after_a_crash(
+        tmp_path: Path, model: Path, client: Any, spawn: Callable[..., Any]) -> None:
+    # Many blocks, so the first run is still busy when the second has started.
+    inp = make_image(tmp_path / "img.zarr", shape=(768, 768))
+    out = str(tmp_path / "out.zarr")
+    first = spawn(segment_argv(inp, out, model))
+    wait_for_done(out, first, at_least=1)
+
+    status, _stdout, stderr = run_cli(spawn, segment_argv(inp, out, model))
+    assert status == 2, stderr
+    assert stderr.count("\n") == 1, stderr
+    assert "is being written by another unet-tiles run" in stderr
+    assert f"pid {first.pid}" in stderr
+
+    kill_group(first)  # crashed: its lock file is left behind, its flock is gone
+    assert (tmp_path / ".out.zarr.lock").exists()
+    status, _stdout, stderr = run_cli(spawn, segment_argv(inp, out, model))
+    assert status == 0, stderr
+    assert done_grid(out).all()  # type: ignore[union-attr]
+    assert not (tmp_path / ".out.zarr.lock").exists()
