@@ -34,7 +34,7 @@ class ClusterChoice:
 def cluster_choice(cluster: str | None, workers: int | None,
                    threads_per_worker: int | None = None) -> ClusterChoice:
     """Parameters first, then the worker's environment, then ``local``."""
-    spec = cluster or os.environ.get("UNET_TILES_CLUSTER") or "local"
+    spec = cluster or _env("UNET_TILES_CLUSTER") or "local"
     if workers is None:
         workers = _env_int("UNET_TILES_WORKERS")
     if threads_per_worker is None:
@@ -42,9 +42,15 @@ def cluster_choice(cluster: str | None, workers: int | None,
     return ClusterChoice(spec, workers, threads_per_worker)
 
 
-def _env_int(name: str) -> int | None:
+def _env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
-    if not value:
+    # A job variable whose '{{ $NAME }}' was unset at deploy time means "unset".
+    return None if not value or _PLACEHOLDER.fullmatch(value) else value
+
+
+def _env_int(name: str) -> int | None:
+    value = _env(name)
+    if value is None:
         return None
     try:
         return int(value)

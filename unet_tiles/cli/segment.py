@@ -28,7 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="block edge in pixels (a multiple of the output chunks)")
     p.add_argument("--tile-size", type=int, default=None, metavar="N",
                    help="target tile output edge in pixels")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--axes", default=None, help="input axes, e.g. yx, cyx, zyx, tczyx")
     p.add_argument("--cluster", default="local",
                    help="local (default), cpu, cuda, or a scheduler address tcp://host:port")
@@ -38,12 +39,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output written with another model or parameters")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--prefect", action="store_true",
+                   help="run as a tracked Prefect flow run; automatic when PREFECT_API_URL is "
+                   "set, else on Prefect's temporary local server (slower to start)")
     return p
 
 
 def execute(input: str, output: str, model_dir: str, *, output_kind: str = "labels",
             dtype: str = "float16", block_size: int | None = None,
-            tile_size: int | None = None, batch_size: int = 4, axes: str | None = None,
+            tile_size: int | None = None, batch_size: int | None = None, axes: str | None = None,
             cluster: str = "local", workers: int | None = None,
             threads_per_worker: int | None = None, device: str = "auto",
             overwrite: bool = False, progress: bool | None = None) -> RunSummary:
@@ -60,6 +64,13 @@ def execute(input: str, output: str, model_dir: str, *, output_kind: str = "labe
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows import api_configured
+
+    # A one-off run without a Prefect server pays no server start-up (bench/README.md).
+    if args.prefect or api_configured():
+        summary = _run_as_flow(args)
+        print(format_summary(summary, args.output))
+        return 0
     summary = execute(
         args.input, args.output, args.model, output_kind=args.output_kind, dtype=args.dtype,
         block_size=args.block_size, tile_size=args.tile_size, batch_size=args.batch_size,
@@ -69,6 +80,26 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_summary(summary, args.output))
     return 0
+
+
+def _run_as_flow(args: argparse.Namespace) -> RunSummary:
+    import os
+
+    from unet_tiles.run import SegmentRequest
+
+    # Prefect's 20 s default to start its temporary server is too short on small
+    # machines (17 to 30 s measured on 2 cores, bench/README.md).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from flows.segment import run_tracked
+
+    request = SegmentRequest(
+        input=args.input, output=args.output, model_dir=args.model,
+        output_kind=args.output_kind, dtype=args.dtype, block_size=args.block_size,
+        tile_size=args.tile_size, axes=args.axes, overwrite=args.overwrite,
+        batch_size=args.batch_size, device=args.device,
+    )
+    return run_tracked(request, cluster=args.cluster, workers=args.workers,
+                       threads_per_worker=args.threads_per_worker)
 
 
 def format_summary(summary: RunSummary, output: str) -> str:
