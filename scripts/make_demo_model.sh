@@ -19,7 +19,7 @@ unet-tiles train "$WORK/model" \
     --val-images "$WORK/val/image.zarr" --val-masks "$WORK/val/truth.zarr" \
     --class-names background,nucleus \
     --depth 3 --base-channels 8 --dropout 0.1 \
-    --tile 96 --batch-size 4 --steps 1500 --lr 2e-3 --val-every 250 \
+    --tile 96 --batch-size 4 --steps 1200 --lr 2e-3 --val-every 200 \
     --threads 1 --seed 0 --overwrite
 
 # Ship only the model contract, not the resume checkpoint.

@@ -152,7 +152,7 @@ def render_preview(image: np.ndarray, labels: np.ndarray, origin: tuple[int, ...
     for axis in (0, 1):
         for k in range(len(labels)):
             pos = origin[axis] + k
-            if pos % chunk_px == 0 and pos > 0:
+            if pos % chunk_px == 0 and k > 0:
                 dash = (np.arange(labels.shape[1 - axis]) // 6) % 2 == 0
                 for panel in (left, right):
                     line = panel[k] if axis == 0 else panel[:, k]

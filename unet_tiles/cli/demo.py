@@ -21,7 +21,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("nuclei", "cells"), default="nuclei")
     p.add_argument("--model", default=None, metavar="DIR", help="default: the shipped demo model")
     p.add_argument("--preview", default=None, metavar="PNG", help="default: WORKDIR/preview.png")
-    p.add_argument("--block-size", type=int, default=None, metavar="N")
+    p.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="default: the chunk edge, so the preview crosses block borders")
     p.add_argument("--cluster", default="local", help="as for 'segment' (default local)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--generate-only", action="store_true",
@@ -47,7 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
     from unet_tiles import demo
     from unet_tiles.cli.segment import execute
+    from unet_tiles.errors import UsageError
 
+    if args.size < demo.MIN_SIZE_PX:
+        raise UsageError(f"--size {args.size} is too small for the demo; use at least "
+                         f"{demo.MIN_SIZE_PX}")
     started = time.perf_counter()
     workdir = Path(args.workdir)
     model = args.model or str(demo.demo_model_dir())
@@ -66,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     output = workdir / "segmentation.zarr"
     summary = execute(
-        str(image), str(output), model, output_kind="labels", block_size=args.block_size,
+        str(image), str(output), model, output_kind="labels",
+        block_size=args.block_size or chunk,
         cluster=args.cluster, workers=args.workers, overwrite=not reuse,
         progress=False if args.no_progress else None,
     )
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
           f"({score.objects_preview} {args.kind})")
     preview = demo.write_preview(args.preview or workdir / "preview.png", image, labels,
                                  region, chunk)
-    print(f"  preview     {preview} (image | labels; dashed red: block borders at "
-          f"multiples of {chunk} px)")
+    print(f"  preview     {preview} (image | labels; dashed red: chunk borders every "
+          f"{chunk} px, block borders every {args.block_size or chunk} px)")
     print(f"  total       {time.perf_counter() - started:.1f} s")
     return 0
