@@ -39,6 +39,7 @@ class BlockJob:
     batch_size: int | None = None
     device: str = "auto"
     torch_threads: int | None = None
+    amp: bool = True
 
 
 @dataclass
@@ -89,7 +90,7 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         want_labels=job.output.want_labels,
         want_probabilities=job.output.want_probabilities,
         probability_dtype=job.output.probability_dtype,
-        batch_size=job.batch_size, device=device,
+        batch_size=job.batch_size, device=device, amp=job.amp,
     )
     with_retries(
         lambda: write_block(_open_output_cached(job.output.url), block, result, job.output.dims),

@@ -74,7 +74,8 @@ def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels:
     positions = list(itertools.product(*(range(t.count) for t in tiles)))
     window_t = torch.from_numpy(window)
     if device != "cpu":
-        window_t = window_t.pin_memory().to(device, non_blocking=True)
+        window_t = window_t.to(device)
+    window_t = window_t.float()
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.float16)
         if amp and device.startswith("cuda")

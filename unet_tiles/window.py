@@ -45,8 +45,13 @@ def missing_chunks(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
     return sync(check())  # type: ignore[no-any-return]
 
 
+NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
+
+
 def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int) -> np.ndarray:
-    """The block's read window as float32 ``(C, *spatial)``, mirror-extrapolated.
+    """The block's read window ``(C, *spatial)``, mirror-extrapolated.
+
+    The dtype is the input's for uint8, int16 and float32, else float32.
 
     Only the part of the image the mirrored indices touch is read, so memory
     is the window's size even when it is far larger than a tiny image.
@@ -100,8 +105,19 @@ def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int)
     ) if drop else data.transpose(order)
     if channel is None:
         data = data[np.newaxis]
-    window = data[(slice(None), *np.ix_(*takes))]
-    window = np.ascontiguousarray(window, dtype=np.float32)
+    inside = all(
+        len(take) == extent and take[0] == 0 and take[-1] == extent - 1
+        and (extent < 2 or bool((np.diff(take) == 1).all()))
+        for take, extent in zip(takes, data.shape[1:], strict=True)
+    )
+    # Inside the image the window is the data as read; only at the border do
+    # the mirrored indices need a (costlier) gather.
+    window = data if inside else data[(slice(None), *np.ix_(*takes))]
+    # uint8 and int16 travel as they are (a quarter / half of float32's bytes
+    # to a GPU) and become float32 on the device; the model's forward sees
+    # float32 either way.
+    dtype = window.dtype if window.dtype in NATIVE_DTYPES else np.dtype(np.float32)
+    window = np.ascontiguousarray(window, dtype=dtype)
     if window.dtype.kind == "f" and not np.isfinite(window).all():
         # Documented policy: NaN and +-Inf pixels are read as 0 so no NaN
         # reaches the output; the same rule holds for every tile and block.

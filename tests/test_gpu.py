@@ -1,0 +1,63 @@
+"""The CUDA path: only where a GPU is present (skipped cleanly elsewhere)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+import zarr
+from conftest import reference_logits, softmax, write_zarr
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_cuda_float32_equals_whole_image_and_amp_agrees(tmp_path: Path, make_model: Any) -> None:
+    from unet_tiles.engine import run_serial
+    from unet_tiles.run import SegmentRequest, prepare, validate
+
+    model = make_model(depth=3, base_channels=8, input_scale=(1 / 255,))
+    image = (np.random.default_rng(0).random((300, 411)) * 255).astype("uint8")
+    src = write_zarr(tmp_path / "in.zarr", image, (128, 128))
+    expected = softmax(reference_logits(model, image[None]))
+    for name, amp in (("fp32", False), ("amp", True)):
+        from dataclasses import replace
+
+        run = validate(SegmentRequest(src, str(tmp_path / f"{name}.zarr"), str(model),
+                                      output_kind="both", dtype="float32", block_size=128,
+                                      device="cuda"))
+        run = replace(run, job=replace(run.job, amp=amp))
+        prepare(run)
+        run_serial(run.plan, run.job)
+        out = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r")
+        diff = np.abs(out["probabilities"][...] - expected).max()
+        agree = (out["labels"][...] == expected.argmax(0)).mean()
+        print(f"{name}: max |dp| {diff:.2e}, labels agree {agree:.5f}")
+        if amp:
+            assert diff < 5e-2
+            assert agree > 0.995
+        else:
+            # TF32 convolutions on Hopper round more than the CPU reference.
+            assert diff < 5e-3
+            assert agree > 0.999
+
+
+def test_local_cluster_is_cuda_with_gpu_resources(tmp_path: Path, make_model: Any) -> None:
+    from unet_tiles.cli.segment import execute
+
+    model = make_model(depth=2)
+    image = (np.random.default_rng(1).random((500, 700)) * 255).astype("uint8")
+    src = write_zarr(tmp_path / "in.zarr", image, (256, 256))
+    summary = execute(src, str(tmp_path / "out.zarr"), str(model), cluster="local",
+                      progress=False)
+    assert summary.blocks_done == summary.blocks_total
+    labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]
+    expected = softmax(reference_logits(model, image[None])).argmax(0)
+    assert (labels == expected).mean() > 0.999
