@@ -25,6 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="default: the chunk edge, so the preview crosses block borders")
     p.add_argument("--cluster", default="local", help="as for 'segment' (default local)")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--prefect", action="store_true",
+                   help="run as a tracked Prefect flow (default when a Prefect API is configured)")
     p.add_argument("--generate-only", action="store_true",
                    help="only write WORKDIR/image.zarr and WORKDIR/truth.zarr (training data)")
     p.add_argument("--no-progress", action="store_true")
@@ -46,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from flows import api_configured
     from unet_tiles import demo
     from unet_tiles.cli.segment import execute
     from unet_tiles.errors import UsageError
@@ -70,15 +73,29 @@ def run(args: argparse.Namespace) -> int:
     if args.generate_only:
         return 0
     output = workdir / "segmentation.zarr"
-    summary = execute(
-        str(image), str(output), model, output_kind="labels",
-        block_size=args.block_size or chunk,
-        cluster=args.cluster, workers=args.workers, overwrite=not reuse,
-        progress=False if args.no_progress else None,
-    )
+    block_size = args.block_size or chunk
+    # As 'unet-tiles segment': the flow when asked for or when a Prefect API is
+    # configured; otherwise the same steps (unet_tiles.run) without a server,
+    # so the first command on a fresh machine starts no Prefect server.
+    if not (args.prefect or api_configured()):
+        via = "dask engine"
+        summary = execute(
+            str(image), str(output), model, output_kind="labels", block_size=block_size,
+            cluster=args.cluster, workers=args.workers, overwrite=not reuse,
+            progress=False if args.no_progress else None,
+        )
+    else:
+        from flows.segment import run_tracked
+        from unet_tiles.run import SegmentRequest
+
+        via = "Prefect flow segment-image"
+        request = SegmentRequest(input=str(image), output=str(output), model_dir=model,
+                                 output_kind="labels", block_size=block_size,
+                                 overwrite=not reuse)
+        summary = run_tracked(request, cluster=args.cluster, workers=args.workers)
     print(f"  segmented   {summary.pixels / 1e6:.1f} Mpx in {summary.blocks_done} blocks "
           f"({summary.blocks_skipped} already done) in {summary.seconds:.1f} s = "
-          f"{summary.megapixels_per_s:.2f} Mpx/s -> {output}")
+          f"{summary.megapixels_per_s:.2f} Mpx/s via the {via} -> {output}")
     region = demo.preview_region((args.size, args.size), chunk)
     labels = output / "labels"
     score = demo.accuracy(labels, truth, region)
