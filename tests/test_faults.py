@@ -551,3 +551,99 @@ def test_second_run_refuses_while_first_runs_then_takes_over_after_a_crash(
     assert status == 0, stderr
     assert done_grid(out).all()  # type: ignore[union-attr]
     assert not (tmp_path / ".out.zarr.lock").exists()
+
+
+# --- a cluster of our own: scheduler and worker processes on 127.0.0.1 ------------------------
+
+
+@pytest.fixture
+def external_cluster(tmp_path: Path, spawn: Callable[..., Any]
+                     ) -> Callable[..., tuple[str, Any]]:
+    """Start ``dask scheduler`` + ``dask worker`` processes; return (address, client)."""
+    import json
+
+    from distributed import Client
+
+    clients: list[Any] = []
+
+    def start(nworkers: int = 2, memory_limit: str = "0",
+              env: dict[str, str] | None = None) -> tuple[str, Any]:
+        sched_file = tmp_path / "scheduler.json"
+        environ = {**os.environ, **(env or {})}
+        bindir = Path(sys.executable).parent
+        spawn([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+               "--no-dashboard", "--scheduler-file", str(sched_file)], env=environ)
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        spawn([str(bindir / "dask"), "worker", address, "--nworkers", str(nworkers),
+               "--nthreads", "1", "--memory-limit", memory_limit, "--host", "127.0.0.1",
+               "--no-dashboard"], env=environ)
+        client = Client(address, timeout="30s")
+        clients.append(client)
+        client.wait_for_workers(nworkers, timeout=60)
+        return address, client
+
+    yield start  # type: ignore[misc]
+    for client in clients:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+# --- 1: a worker process is SIGKILLed mid-run ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_output_identical(tmp_path: Path, model: Path, client: Any,
+                                                spawn: Callable[..., Any],
+                                                external_cluster: Callable[..., Any]) -> None:
+    inp = make_image(tmp_path / "img.zarr")
+    ref = reference(client, inp, str(tmp_path / "ref.zarr"), model)
+    out = str(tmp_path / "out.zarr")
+    address, cluster_client = external_cluster(nworkers=2)
+    pids = cluster_client.run(os.getpid)
+    proc = spawn(segment_argv(inp, out, model, "--cluster", address))
+    wait_for_done(out, proc, at_least=3)
+    victim = next(iter(pids.values()))
+    os.kill(victim, signal.SIGKILL)  # the nanny restarts it; its task runs elsewhere
+    _stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    done = done_grid(out)
+    assert done is not None
+    assert done.all()
+    assert victim not in cluster_client.run(os.getpid).values()
+    assert_identical(out, ref)
+
+
+# --- 7: a worker runs out of memory on an oversized block ------------------------------------
+
+
+@pytest.mark.slow
+def test_worker_out_of_memory_says_which_block_size_fits(
+        tmp_path: Path, model: Path, spawn: Callable[..., Any],
+        external_cluster: Callable[..., Any]) -> None:
+    inp = make_image(tmp_path / "big.zarr", shape=(2048, 2048))
+    # One retry after the first death (dask's default allows 3): no restart loop.
+    address, _client = external_cluster(
+        nworkers=1, memory_limit="400MB",
+        env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    argv = [sys.executable, "-m", "unet_tiles.cli", "segment", inp, str(tmp_path / "out.zarr"),
+            "--model", str(model), "--block-size", "2048", "--output", "both", "--dtype",
+            "float32", "--no-progress", "--cluster", address]
+    started = time.monotonic()
+    status, _stdout, stderr = run_cli(spawn, argv)
+    assert status == 1, stderr
+    message = [line for line in stderr.splitlines() if line.startswith("unet-tiles")][-1]
+    assert "2 workers died while running block 0.0 (y=0:2048, x=0:2048)" in message, message
+    assert "out of memory with blocks of 2048 px" in message
+    match = re.search(r"rerun with --block-size (\d+) --overwrite, which should fit", message)
+    assert match, message
+    assert time.monotonic() - started < 150
+    # The advice holds: the same worker finishes the image with the suggested size.
+    status, _stdout, stderr = run_cli(spawn, [*argv[:-7], "--block-size", match.group(1),
+                                             "--output", "both", "--dtype", "float32",
+                                             "--no-progress", "--cluster", address,
+                                             "--overwrite"])
+    assert status == 0, stderr
+    assert done_grid(str(tmp_path / "out.zarr")).all()  # type: ignore[union-attr]

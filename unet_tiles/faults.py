@@ -89,19 +89,19 @@ def estimate_block_bytes(edge_px: int, dims: int, in_channels: int, classes: int
 
     The window (float32, with halo), the block's float32 logits and
     probabilities, and one batch of tiles' activations (the first level's
-    features dominate; ~12 maps of them are alive in forward).
+    features dominate; about 6 maps of them are alive at once in forward).
     """
     window = (edge_px + 2 * halo) ** dims * in_channels * 4
     outputs = edge_px**dims * (classes * 4 * 3 + 2)
     tile = min(tile_px, edge_px) + 2 * halo
-    activations = batch_size * tile**dims * base_channels * 4 * 12
+    activations = batch_size * tile**dims * base_channels * 4 * 6
     return int(window + outputs + activations)
 
 
 def suggest_block_size(limit_bytes: int, current_px: int, divisor: int, *, dims: int,
                        in_channels: int, classes: int, halo: int, tile_px: int,
                        batch_size: int, base_channels: int,
-                       baseline_bytes: int = 600 << 20) -> int | None:
+                       baseline_bytes: int = 300 << 20) -> int | None:
     """The largest block edge (a multiple of ``divisor``, below ``current_px``) whose
     estimate fits in half of what the worker has beyond its baseline; None if none."""
     budget = (limit_bytes - baseline_bytes) // 2
@@ -118,9 +118,9 @@ def suggest_block_size(limit_bytes: int, current_px: int, divisor: int, *, dims:
 def worker_memory_limit(client: Any) -> int | None:
     """The smallest memory limit among the cluster's workers (None if unlimited)."""
     try:
+        # Right after a death the worker may still be restarting: wait for one.
+        client.wait_for_workers(1, timeout=30)
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    except TypeError:  # older distributed: no n_workers
-        workers = client.scheduler_info().get("workers", {})
     except Exception:  # a best-effort hint must never hide the real error
         return None
     limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
@@ -133,7 +133,8 @@ def killed_worker_message(block_name: str, block_px: int, limit_bytes: int | Non
     tries = f"{attempts} " if attempts else ""
     limit = f" (worker memory limit {limit_bytes / 2**30:.2f} GiB)" if limit_bytes else ""
     if suggestion is not None:
-        fix = f"rerun with --block-size {suggestion}, which should fit{limit}"
+        fix = (f"rerun with --block-size {suggestion} --overwrite, which should fit{limit}"
+               " (the block size is one of the output's parameters)")
     else:
         fix = f"give the workers more memory{limit} or rerun with a smaller --block-size"
     return (
