@@ -26,6 +26,7 @@ import zarr
 from prefect_fixtures import (  # noqa: F401
     REPO,
     PrefectServer,
+    free_port,
     prefect_env,
     prefect_server,
     spawn,
@@ -119,17 +120,30 @@ def deployed(prefect_server: PrefectServer,  # noqa: F811
     d.prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml",
               UNET_TILES_REPO=str(REPO), UNET_TILES_ARCHIVE=str(d.archive),
               UNET_TILES_OUTPUT=str(d.out), UNET_TILES_MODEL=str(d.model))
-    # The worker's environment reaches every flow run it starts: one dask
-    # worker per run keeps the 2-core CI box responsive.
-    worker = spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
-                    "--type", "process"],
-                   d.env(UNET_TILES_CLUSTER="cpu", UNET_TILES_WORKERS="1",
-                         PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1"),
-                   d.logs / "worker.log", cwd=d.root)
+    # Every flow run joins one existing dask cluster (the deployment setting for
+    # SLURM/Kubernetes clusters): its single worker stays warm between runs,
+    # which keeps the 2-core CI box from starting a LocalCluster per run.
+    address = f"tcp://127.0.0.1:{free_port()}"
+    processes = [
+        spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+               "--port", address.rsplit(":", 1)[1], "--dashboard-address", "127.0.0.1:0"],
+              d.env(), d.logs / "scheduler.log"),
+        spawn([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
+               "--nthreads", "1", "--no-dashboard", "--local-directory", str(d.root / "dask")],
+              d.env(), d.logs / "dask-worker.log"),
+    ]
     try:
+        # The worker's environment reaches every flow run it starts.
+        processes.append(spawn(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
+             "--type", "process"],
+            d.env(UNET_TILES_CLUSTER=address, PREFECT_WORKER_QUERY_SECONDS="1",
+                  PREFECT_WORKER_PREFETCH_SECONDS="1"),
+            d.logs / "worker.log", cwd=d.root))
         yield d
     finally:
-        stop(worker)
+        for proc in reversed(processes):
+            stop(proc)
 
 
 def _complete(output: Path) -> bool:
