@@ -60,7 +60,7 @@ def main() -> None:
     best = 0.0
     for target in (516, 1028, 2052):
         size_in = model.valid_size(target)
-        for batch in (1, 8) if size_in < 2000 else (1, 2):
+        for batch in (8,) if size_in < 2000 else (2,):
             for amp in (False, True):
                 rate = model_rate(model_dir, size_in, batch, amp, args.seconds)
                 best = max(best, rate)
@@ -71,10 +71,14 @@ def main() -> None:
     src = synthetic_input(work, args.size)
     print(f"generated {args.size}^2 input in {time.perf_counter() - started:.0f} s", flush=True)
     for name, options in (
-        ("defaults", {}),
-        ("block 2048", {"block_size": 2048}),
+        ("defaults: LocalCUDACluster, 1 worker x 2 threads", {}),
         ("block 2048, tile 1024", {"block_size": 2048, "tile_size": 1024}),
-        ("block 2048, 4 threads", {"block_size": 2048, "threads_per_worker": 4}),
+        ("4 workers share the GPU", {"workers": 4}),
+        ("8 workers share the GPU", {"workers": 8}),
+        ("8 workers, block 2048, tile 1024",
+         {"workers": 8, "block_size": 2048, "tile_size": 1024}),
+        ("14 workers, block 2048, tile 1024",
+         {"workers": 14, "block_size": 2048, "tile_size": 1024}),
     ):
         out = work / "out.zarr"
         shutil.rmtree(out, ignore_errors=True)

@@ -61,3 +61,17 @@ def test_local_cluster_is_cuda_with_gpu_resources(tmp_path: Path, make_model: An
     labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]
     expected = softmax(reference_logits(model, image[None])).argmax(0)
     assert (labels == expected).mean() > 0.999
+
+
+def test_workers_sharing_one_gpu(tmp_path: Path, make_model: Any) -> None:
+    from unet_tiles.cli.segment import execute
+
+    model = make_model(depth=2)
+    image = (np.random.default_rng(2).random((600, 500)) * 255).astype("uint8")
+    src = write_zarr(tmp_path / "in.zarr", image, (256, 256))
+    summary = execute(src, str(tmp_path / "out.zarr"), str(model), cluster="cuda",
+                      workers=3, block_size=256, progress=False)
+    assert summary.blocks_done == summary.blocks_total == 6
+    labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]
+    expected = softmax(reference_logits(model, image[None])).argmax(0)
+    assert (labels == expected).mean() > 0.999

@@ -35,6 +35,7 @@ class ClusterInfo:
     threads_per_worker: int
     torch_threads: int | None
     resources: dict[str, float] | None = field(default=None)
+    device: str | None = None
 
 
 def gpus_present() -> int:
@@ -122,12 +123,16 @@ def _local_cuda(workers: int | None,
     if gpus == 0:
         raise UsageError("--cluster cuda found no GPU; use --cluster cpu")
     threads = threads or 2
+    if workers is not None and workers > gpus:
+        with _shared_gpus(workers, threads, gpus) as connected:
+            yield connected
+        return
     # Each task claims one unit of GPU; a worker has ``threads`` units so the
     # next block is read while the current one runs on the device.
     with LocalCUDACluster(
         n_workers=workers or gpus,
         threads_per_worker=threads,
-        ip="127.0.0.1",
+        host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
         resources={"GPU": threads},
         silence_logs=logging.ERROR,
@@ -136,12 +141,35 @@ def _local_cuda(workers: int | None,
 
 
 @contextlib.contextmanager
+def _shared_gpus(workers: int, threads: int,
+                 gpus: int) -> Iterator[tuple[Client, ClusterInfo]]:
+    """More worker processes than GPUs: each worker uses GPU (name mod count).
+
+    A small model outruns one process's reading, decoding and writing of
+    blocks (the GIL and zarr's event loop serialise them); several processes
+    per GPU keep the device fed. dask-cuda pins one worker per GPU, so this
+    is a plain LocalCluster whose tasks pick their GPU by worker name.
+    """
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.ERROR,
+    ) as cluster, Client(cluster) as client:
+        yield client, ClusterInfo("cuda", workers, threads, None, None, "cuda:worker")
+
+
+@contextlib.contextmanager
 def _remote(address: str) -> Iterator[tuple[Client, ClusterInfo]]:
     from distributed import Client
 
     try:
         client = Client(address, timeout="20s")
-    except OSError as exc:
+    except (OSError, TypeError) as exc:  # TypeError: tls:// without TLS config (docs/security.md)
         raise UsageError(
             f"--cluster {address}: cannot reach a dask scheduler there ({exc}); "
             "start one with 'dask scheduler' or check the address"

@@ -40,10 +40,18 @@ def cached_model(model_dir: str, model_hash: str, device: str) -> UNet:
 
 
 def pick_device(preference: str = "auto") -> str:
+    """``auto``: CUDA where the worker sees a GPU; ``cuda:worker``: the GPU of
+    index (worker name mod GPU count), for several worker processes sharing GPUs."""
     import torch
 
     if preference == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda:worker":
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = name if isinstance(name, int) else abs(hash(name))
+        return f"cuda:{index % torch.cuda.device_count()}"
     return preference
 
 

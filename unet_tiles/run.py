@@ -129,6 +129,8 @@ def execute(run: PreparedRun, client: Client, info: ClusterInfo | None = None, *
     resources = None
     if info is not None:
         job = replace(job, torch_threads=info.torch_threads)
+        if info.device is not None and job.device == "auto":
+            job = replace(job, device=info.device)
         resources = info.resources
     skip = done_blocks(run.job.output.url)
     summary = run_plan(client, run.plan, job, skip=skip, progress=progress,
