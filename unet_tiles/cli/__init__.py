@@ -54,9 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        # distributed logs every worker start and stop at INFO; users need none of it.
-        for name in ("distributed", "dask_cuda", "prefect"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # distributed logs every worker start and stop, and warns when it kills a
+        # worker slow to stop at shutdown; users need none of it.
+        for name in ("distributed", "dask_cuda"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger("prefect").setLevel(logging.WARNING)
     try:
         return int(args.run(args))
     except UnetTilesError as exc:
