@@ -208,3 +208,23 @@ def test_help_and_cpu_runs_import_no_torch_or_dask_cuda(tmp_path: Path, make_mod
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.stdout.strip().splitlines()[-1] == "False 0", proc.stderr
+
+
+def test_overwrite_on_a_warm_cluster_never_writes_through_stale_arrays(
+    tmp_path: Path, make_model: Any, client: Any
+) -> None:
+    # Workers keep opened arrays; a store replaced at the same path (other
+    # shape, other chunks) must be opened afresh.
+    model = make_model(depth=1)
+    out = tmp_path / "out.zarr"
+    for shape, chunks in (((120, 90), (64, 64)), ((70, 150), (32, 32))):
+        image = (np.random.default_rng(shape[0]).random(shape) * 255).astype("uint8")
+        src = write_zarr(tmp_path / "in.zarr", image, chunks)
+        run = validate(SegmentRequest(src, str(out), str(model), block_size=chunks[0],
+                                      overwrite=True))
+        prepare(run)
+        execute(run, client, progress=False)
+        labels = zarr.open_array(str(out / "labels"))[...]
+        assert labels.shape == shape
+        expected = softmax(reference_logits(model, image[None])).argmax(0)
+        assert (labels == expected).mean() > 0.999

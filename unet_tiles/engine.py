@@ -6,6 +6,7 @@ returns a few numbers; no pixels pass through the client or the scheduler.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -40,6 +41,7 @@ class BlockJob:
     device: str = "auto"
     torch_threads: int | None = None
     amp: bool = True
+    run_id: str = ""
 
 
 @dataclass
@@ -93,29 +95,27 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         batch_size=job.batch_size, device=device, amp=job.amp,
     )
     with_retries(
-        lambda: write_block(_open_output_cached(job.output.url), block, result, job.output.dims),
+        lambda: write_block(_open_output(job.output.url, job.run_id), block, result,
+                            job.output.dims),
         f"writing {name}", job.output.url)
     return {"block": block.index, "pixels": block.write.size,
             "seconds": time.perf_counter() - started}
 
 
-_OPENED: dict[tuple[str, str], Any] = {}
-
-
+# Opened arrays are kept per worker process. The keys carry the whole source
+# description and the run id, so a store replaced at the same path (an
+# --overwrite, a re-acquired image) is opened afresh, never through stale metadata.
+@functools.lru_cache(maxsize=8)
 def _open_input(source: ImageSource) -> Any:
-    key = ("in", source.location)
-    if key not in _OPENED:
-        _OPENED[key] = source.open()
-    return _OPENED[key]
+    return source.open()
 
 
-def _open_output_cached(url: str) -> Any:
+@functools.lru_cache(maxsize=8)
+def _open_output(url: str, run_id: str) -> Any:
     from unet_tiles.writer import open_output
 
-    key = ("out", url)
-    if key not in _OPENED:
-        _OPENED[key] = open_output(url)
-    return _OPENED[key]
+    del run_id
+    return open_output(url)
 
 
 def describe_block(block: Block, axes: str) -> str:

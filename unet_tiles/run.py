@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,7 +112,8 @@ def validate(request: SegmentRequest) -> PreparedRun:
     }
     input_identity = {**source.to_dict(), "fingerprint": fingerprint(source)}
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
-                   model_hash=digest, batch_size=request.batch_size, device=request.device)
+                   model_hash=digest, batch_size=request.batch_size, device=request.device,
+                   run_id=uuid.uuid4().hex)
     return PreparedRun(request, source, plan, job, identity(digest, parameters, input_identity))
 
 
