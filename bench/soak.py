@@ -1,0 +1,184 @@
+"""Soak: the archive flow over many small images while workers are SIGKILLed.
+
+    python bench/soak.py [--images 24] [--kill-every 3] [--workers 2] [--work DIR]
+
+Starts its own ``dask scheduler`` + ``dask worker`` processes on 127.0.0.1,
+runs ``flows.archive.segment_archive`` over ``--images`` small random images
+while a thread SIGKILLs a random worker process every ``--kill-every`` seconds
+(the nanny restarts it), reruns the flow (as a nightly schedule would) until
+every image is done, then segments every image again without kills and
+compares every file of every output store byte for byte. Prints::
+
+    24 images, 11 kills, 0 mismatches
+
+and exits 1 on any mismatch. Without Prefect installed it runs
+``unet_tiles.run`` per image on the same cluster instead of the flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def make_images(root: Path, count: int, seed: int) -> list[Path]:
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        shape = (int(rng.integers(100, 260)), int(rng.integers(100, 260)))
+        path = root / f"img_{i:03d}.zarr"
+        array = zarr.create_array(str(path), shape=shape, chunks=(64, 64), dtype="uint8")
+        array[...] = rng.integers(0, 255, shape, dtype=np.uint8)
+        paths.append(path)
+    return paths
+
+
+def start_cluster(work: Path, workers: int) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    dask = str(Path(sys.executable).parent / "dask")
+    sched_file = work / "scheduler.json"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    deadline = time.monotonic() + 60
+    while not sched_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    address = json.loads(sched_file.read_text())["address"]
+    procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", str(workers),
+                                   "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True))
+    return address, procs
+
+
+class Killer(threading.Thread):
+    """SIGKILL a random worker process every ``every`` seconds until stopped."""
+
+    def __init__(self, client: Any, every: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.client, self.every, self.kills = client, every, 0
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                pids = list(self.client.run(os.getpid, wait=True).values())
+            except Exception:  # a worker is restarting; try at the next tick
+                continue
+            if pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.rng.choice(pids), signal.SIGKILL)
+                    self.kills += 1
+
+
+def run_archive(root: Path, out_root: Path, model: str, address: str, images: list[Path],
+                block: int) -> None:
+    try:
+        from flows.archive import segment_archive
+    except ImportError:
+        segment_archive = None
+    if segment_archive is not None:
+        with contextlib.suppress(Exception):  # failed images: the next pass redoes them
+            segment_archive(str(root), str(out_root), model, block_size=block, cluster=address,
+                            max_concurrent=2)
+        return
+    from unet_tiles.run import SegmentRequest, segment
+
+    for image in images:
+        with contextlib.suppress(Exception):
+            segment(SegmentRequest(str(image), str(out_root / image.name), model,
+                                   block_size=block), cluster=address, progress=False)
+
+
+def is_complete(out: Path) -> bool:
+    try:
+        record = json.loads((out / "zarr.json").read_text())["attributes"]["unet_tiles"]
+    except (OSError, KeyError, ValueError):
+        return False
+    return bool(record.get("status") == "complete")
+
+
+def store_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--block-size", type=int, default=64)
+    parser.add_argument("--passes", type=int, default=5, help="flow reruns at most")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default=None, help="working folder (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    from distributed import Client
+
+    from unet_tiles.model import UNetConfig, build_unet
+    from unet_tiles.modelio import save_model
+    from unet_tiles.run import SegmentRequest, execute, prepare, validate
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="unet-tiles-soak-"))
+    root, out_root, clean_root = work / "archive", work / "out", work / "clean"
+    for d in (root, out_root, clean_root):
+        d.mkdir(parents=True, exist_ok=True)
+    model = str(save_model(build_unet(UNetConfig(dims=2, in_channels=1, classes=2, depth=2,
+                                                 base_channels=4), seed=0), work / "model"))
+    images = make_images(root, args.images, args.seed)
+    address, procs = start_cluster(work, args.workers)
+    try:
+        client = Client(address, timeout="60s")
+        client.wait_for_workers(args.workers, timeout=120)
+        killer = Killer(client, args.kill_every, args.seed)
+        killer.start()
+        started = time.monotonic()
+        passes = 0
+        while passes < args.passes and not all(is_complete(out_root / i.name) for i in images):
+            passes += 1
+            run_archive(root, out_root, model, address, images, args.block_size)
+        killer.stop.set()
+        killer.join()
+        seconds = time.monotonic() - started
+        client.wait_for_workers(args.workers, timeout=120)
+        mismatches = []
+        for image in images:
+            clean = clean_root / image.name
+            run = validate(SegmentRequest(str(image), str(clean), model,
+                                          block_size=args.block_size))
+            prepare(run)
+            execute(run, client, progress=False)
+            if store_files(clean) != store_files(out_root / image.name):
+                mismatches.append(image.name)
+        client.close()
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    print(f"{len(images)} images, {killer.kills} kills, {len(mismatches)} mismatches"
+          f" ({passes} pass(es), {seconds:.0f} s under kills; work in {work})")
+    if mismatches:
+        print("mismatched: " + ", ".join(mismatches), file=sys.stderr)
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
