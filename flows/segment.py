@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 
+from unet_tiles.lock import output_lock
 from unet_tiles.run import SegmentRequest, validate
 
 from .report import artifact_key, summary_row, table
@@ -66,9 +67,11 @@ def segment_image(
     if make_parent_dirs:
         make_parent(output)
     run = validate_step(request)
-    prepare_step(run)
     choice = cluster_choice(cluster, workers, threads_per_worker)
-    summary = run_blocks_step(run, choice, progress_key=artifact_key("progress", output))
+    # Held from prepare to finalize (lock.py): both steps run in this process.
+    with output_lock(output):
+        prepare_step(run)
+        summary = run_blocks_step(run, choice, progress_key=artifact_key("progress", output))
     row = summary_row(input, output, summary, run.job.model_hash)
     table([row], key=artifact_key("segment", output), description=f"segmented {input}")
     logger.info(

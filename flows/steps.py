@@ -8,7 +8,6 @@ Nothing here is cached: the output's done-markers already make a rerun resume.
 
 from __future__ import annotations
 
-import errno
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
@@ -27,21 +26,18 @@ if TYPE_CHECKING:
 
     from .settings import ClusterChoice
 
-# An OSError that says the same thing on every try: retrying only delays the report.
-_DETERMINISTIC_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError,
-                            IsADirectoryError, NotADirectoryError)
-_DETERMINISTIC_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-
-
 def is_transient(exc: BaseException) -> bool:
-    """A failure that may pass on its own: network, timeout, flaky storage."""
+    """A failure that may pass on its own: network, timeout, flaky storage.
+
+    The engine's own rule (``faults.is_transient``: errno-based, so a full disk
+    or a missing file is never retried), minus our errors, which are deterministic.
+    """
+    from unet_tiles.faults import is_transient as io_transient
+
     if isinstance(exc, UnetTilesError | BlockFailedError):
-        # Bad input or a block that failed after the engine's own retries.
+        # Bad input, a held lock, or a block that failed after the engine's retries.
         return False
-    if isinstance(exc, TimeoutError | ConnectionError):
-        return True
-    return (isinstance(exc, OSError) and not isinstance(exc, _DETERMINISTIC_OS_ERRORS)
-            and exc.errno not in _DETERMINISTIC_ERRNOS)
+    return isinstance(exc, ConnectionError) or io_transient(exc)
 
 
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -100,7 +96,12 @@ def segment_on(run: PreparedRun, address: str, info: ClusterInfo) -> dict[str, A
     """Prepare and run one image on an existing cluster (the archive's shared one)."""
     from distributed import Client
 
-    prepare(run)
-    # One client per image: a Client is not shared across the archive's threads.
-    with Client(address, set_as_default=False, timeout="30s") as client:
-        return execute(run, client, info, progress=False).to_dict()
+    from unet_tiles.lock import output_lock
+
+    # The run lock spans prepare to finalize, as in unet_tiles.run.segment: the
+    # nightly run and an arrival run never write one output at once.
+    with output_lock(run.request.output):
+        prepare(run)
+        # One client per image: a Client is not shared across the archive's threads.
+        with Client(address, set_as_default=False, timeout="30s") as client:
+            return execute(run, client, info, progress=False).to_dict()

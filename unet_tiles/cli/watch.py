@@ -112,6 +112,7 @@ class _InProcess:
 
         from unet_tiles.discover import check_done
         from unet_tiles.errors import BlockFailedError, UnetTilesError
+        from unet_tiles.lock import output_lock
         from unet_tiles.run import SegmentRequest, execute, prepare, validate
         from unet_tiles.writer import read_record
 
@@ -125,8 +126,9 @@ class _InProcess:
                 return
             if check.action == "redo":
                 run = replace(run, request=replace(run.request, overwrite=True))
-            prepare(run)
-            summary = execute(run, self.client, self.info, progress=False)
+            with output_lock(output):
+                prepare(run)
+                summary = execute(run, self.client, self.info, progress=False)
         except (UnetTilesError, BlockFailedError) as exc:
             # One bad arrival must not stop the watcher.
             print(f"FAILED   {image.relative}: {exc}", file=sys.stderr, flush=True)
