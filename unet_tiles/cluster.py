@@ -102,7 +102,7 @@ def _local_cpu(workers: int | None,
         host="127.0.0.1",
         # Dashboard on loopback only: it shows paths and logs, and has no auth.
         dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
     ) as cluster, Client(cluster) as client:
         yield client, ClusterInfo("cpu", workers, threads, torch_threads)
 
@@ -135,7 +135,7 @@ def _local_cuda(workers: int | None,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
         resources={"GPU": threads},
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
     ) as cluster, Client(cluster) as client:
         yield client, ClusterInfo("cuda", workers or gpus, threads, None, {"GPU": 1})
 
@@ -158,7 +158,7 @@ def _shared_gpus(workers: int, threads: int,
         processes=True,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
+        silence_logs=logging.CRITICAL,
     ) as cluster, Client(cluster) as client:
         yield client, ClusterInfo("cuda", workers, threads, None, None, "cuda:worker")
 

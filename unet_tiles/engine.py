@@ -129,11 +129,14 @@ def describe_block(block: Block, axes: str) -> str:
 def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None,
              max_in_flight: int | None = None, progress: bool | None = None,
              on_block: Callable[[int, int], None] | None = None,
-             retries: int = 2, resources: dict[str, float] | None = None) -> RunSummary:
+             retries: int = 0, resources: dict[str, float] | None = None) -> RunSummary:
     """Submit one task per block not yet done, at most ``max_in_flight`` at a time.
 
     Failures do not stop the run: every other block finishes, then
     ``BlockFailedError`` names the failed blocks with their pixel ranges.
+    Transient I/O is retried inside the task (``faults.with_retries``) and a
+    dead worker's blocks are rescheduled by dask, so task-level ``retries``
+    default to 0: rerunning a corrupt chunk's block would fail the same way.
     """
     from distributed import as_completed
 
