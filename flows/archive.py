@@ -118,7 +118,7 @@ def segment_archive(
     dtype: str = "float16",
     block_size: int | None = None,
     tile_size: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     axes: str | None = None,
     device: str = "auto",
     cluster: str | None = None,

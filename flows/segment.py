@@ -33,7 +33,7 @@ def segment_image(
     dtype: str = "float16",
     block_size: int | None = None,
     tile_size: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     axes: str | None = None,
     device: str = "auto",
     overwrite: bool = False,

@@ -196,3 +196,23 @@ def test_deterministic_block_failure_names_the_block(
                       model_dir=model_dir, cluster="cpu", workers=1)
     # The image is one block; the message names it with its pixel ranges.
     assert "block 0.0 (y=0:64, x=0:80)" in str(failure.value)
+
+
+@pytest.mark.parametrize("entry", ["flows.segment:segment_image", "flows.archive:segment_archive"])
+def test_flow_parameters_follow_segment_request(entry: str) -> None:
+    """A SegmentRequest field added or re-defaulted must reach the flows too."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from unet_tiles.run import SegmentRequest
+
+    module, name = entry.split(":")
+    parameters = inspect.signature(getattr(importlib.import_module(module), name).fn).parameters
+    per_image = {"input", "output", "overwrite"} if name == "segment_archive" else set()
+    for f in dataclasses.fields(SegmentRequest):
+        if f.name in per_image:
+            continue
+        assert f.name in parameters, f.name
+        if f.default is not dataclasses.MISSING:
+            assert parameters[f.name].default == f.default, f.name

@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--block-size", type=int, default=None, metavar="N")
     p.add_argument("--tile-size", type=int, default=None, metavar="N")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--axes", default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--cluster", default=None,
