@@ -34,10 +34,14 @@ def make_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 
 
 def write_zarr(path: Path | str, data: np.ndarray, chunks: tuple[int, ...],
-               zarr_format: int = 3, dimension_names: tuple[str, ...] | None = None) -> str:
+               zarr_format: int = 3, dimension_names: tuple[str, ...] | None = None,
+               write_empty_chunks: bool = True) -> str:
+    """Write ``data`` as a zarr array; every chunk is stored unless told otherwise
+    (zarr by default omits chunks equal to the fill value, which unet-tiles
+    reports as "input incomplete")."""
     import zarr
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"config": {"write_empty_chunks": write_empty_chunks}}
     if dimension_names is not None and zarr_format == 3:
         kwargs["dimension_names"] = dimension_names
     array = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,

@@ -228,3 +228,22 @@ def test_overwrite_on_a_warm_cluster_never_writes_through_stale_arrays(
         assert labels.shape == shape
         expected = softmax(reference_logits(model, image[None])).argmax(0)
         assert (labels == expected).mean() > 0.999
+
+
+def test_chunks_omitted_as_fill_value_need_explicit_permission(
+    tmp_path: Path, make_model: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = (np.random.default_rng(4).random((96, 96)) * 255).astype("uint8")
+    image[:32, :32] = 0  # one whole chunk of fill value: zarr does not store it
+    src = write_zarr(tmp_path / "in.zarr", image, (32, 32), write_empty_chunks=False)
+    assert not (tmp_path / "in.zarr" / "c" / "0" / "0").exists()
+    model = make_model(depth=1)
+    args = ["segment", src, str(tmp_path / "out.zarr"), "--model", str(model),
+            "--block-size", "32", "--workers", "1", "--no-progress"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "c/0/0" in err
+    assert "--allow-missing-chunks" in err
+    assert main([*args, "--allow-missing-chunks", "--overwrite"]) == 0
+    labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]
+    assert (labels == softmax(reference_logits(model, image[None])).argmax(0)).mean() > 0.999

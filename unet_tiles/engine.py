@@ -42,6 +42,7 @@ class BlockJob:
     torch_threads: int | None = None
     amp: bool = True
     run_id: str = ""
+    allow_missing_chunks: bool = False
 
 
 @dataclass
@@ -85,7 +86,8 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     name = describe_block(block, job.output.axes)
     # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
     window = with_retries(
-        lambda: read_window(_open_input(job.source), job.source, block, job.output.dims),
+        lambda: read_window(_open_input(job.source), job.source, block, job.output.dims,
+                            job.allow_missing_chunks),
         f"reading {name}", job.source.location)
     result = predict_block(
         model, window, block,

@@ -49,6 +49,9 @@ class SegmentRequest:
     overwrite: bool = False
     batch_size: int | None = None
     device: str = "auto"
+    # zarr skips writing chunks equal to the fill value by default; such stores
+    # need this, every other store is better served by the "input incomplete" error.
+    allow_missing_chunks: bool = False
 
     def __post_init__(self) -> None:
         if self.output_kind not in OUTPUT_KINDS:
@@ -109,11 +112,12 @@ def validate(request: SegmentRequest) -> PreparedRun:
         "chunks": list(chunks),
         "block_shape": list(blocks),
         "tile_out": tile,
+        "allow_missing_chunks": request.allow_missing_chunks,
     }
     input_identity = {**source.to_dict(), "fingerprint": fingerprint(source)}
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
                    model_hash=digest, batch_size=request.batch_size, device=request.device,
-                   run_id=uuid.uuid4().hex)
+                   run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks)
     return PreparedRun(request, source, plan, job, identity(digest, parameters, input_identity))
 
 

@@ -48,7 +48,8 @@ def missing_chunks(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
 NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
 
 
-def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int) -> np.ndarray:
+def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int,
+                allow_missing_chunks: bool = False) -> np.ndarray:
     """The block's read window ``(C, *spatial)``, mirror-extrapolated.
 
     The dtype is the input's for uint8, int16 and float32, else float32.
@@ -75,12 +76,13 @@ def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int)
         region.append(slice(lo, hi))
         takes.append(index - lo)
     region_t = tuple(region)
-    missing = missing_chunks(array, region_t)
+    missing = [] if allow_missing_chunks else missing_chunks(array, region_t)
     if missing:
         raise InputIncompleteError(
             f"input incomplete: chunk(s) {', '.join(missing[:4])}"
             f"{' ...' if len(missing) > 4 else ''} of {source.location} are missing; "
-            "wait for the copy to finish or restore them, then rerun"
+            "wait for the copy to finish or restore them and rerun (if the store omits "
+            "chunks equal to its fill value, pass --allow-missing-chunks)"
         )
     try:
         data: Any = array[region_t]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
 
     from unet_tiles.engine import RunSummary
+    from unet_tiles.run import SegmentRequest
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -36,6 +37,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="workers of a local cluster")
     p.add_argument("--threads-per-worker", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--allow-missing-chunks", action="store_true",
+                   help="read missing input chunks as the fill value (for stores written "
+                   "without empty chunks); by default a missing chunk fails its block")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output written with another model or parameters")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -45,61 +49,53 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def execute(input: str, output: str, model_dir: str, *, output_kind: str = "labels",
-            dtype: str = "float16", block_size: int | None = None,
-            tile_size: int | None = None, batch_size: int | None = None, axes: str | None = None,
-            cluster: str = "local", workers: int | None = None,
-            threads_per_worker: int | None = None, device: str = "auto",
-            overwrite: bool = False, progress: bool | None = None) -> RunSummary:
-    """The ``segment`` command as a function (used by ``demo`` and tests)."""
+def execute(input: str, output: str, model_dir: str, *, cluster: str = "local",
+            workers: int | None = None, threads_per_worker: int | None = None,
+            progress: bool | None = None, **options: Any) -> RunSummary:
+    """The ``segment`` command as a function (used by ``demo``, benchmarks and tests).
+
+    ``options`` are ``SegmentRequest`` fields: output_kind, dtype, block_size,
+    tile_size, batch_size, axes, device, overwrite, allow_missing_chunks.
+    """
     from unet_tiles.run import SegmentRequest, segment
 
-    request = SegmentRequest(
-        input=input, output=output, model_dir=model_dir, output_kind=output_kind, dtype=dtype,
-        block_size=block_size, tile_size=tile_size, axes=axes, overwrite=overwrite,
-        batch_size=batch_size, device=device,
-    )
+    request = SegmentRequest(input=input, output=output, model_dir=model_dir, **options)
     return segment(request, cluster=cluster, workers=workers,
                    threads_per_worker=threads_per_worker, progress=progress)
+
+
+def request_from_args(args: argparse.Namespace) -> SegmentRequest:
+    from unet_tiles.run import SegmentRequest
+
+    return SegmentRequest(
+        input=args.input, output=args.output, model_dir=args.model,
+        output_kind=args.output_kind, dtype=args.dtype, block_size=args.block_size,
+        tile_size=args.tile_size, axes=args.axes, overwrite=args.overwrite,
+        batch_size=args.batch_size, device=args.device,
+        allow_missing_chunks=args.allow_missing_chunks,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from flows import api_configured
 
+    request = request_from_args(args)
+    cluster = {"cluster": args.cluster, "workers": args.workers,
+               "threads_per_worker": args.threads_per_worker}
     # A one-off run without a Prefect server pays no server start-up (bench/README.md).
     if args.prefect or api_configured():
-        summary = _run_as_flow(args)
-        print(format_summary(summary, args.output))
-        return 0
-    summary = execute(
-        args.input, args.output, args.model, output_kind=args.output_kind, dtype=args.dtype,
-        block_size=args.block_size, tile_size=args.tile_size, batch_size=args.batch_size,
-        axes=args.axes, cluster=args.cluster, workers=args.workers,
-        threads_per_worker=args.threads_per_worker, device=args.device,
-        overwrite=args.overwrite, progress=False if args.no_progress else None,
-    )
+        # Prefect's 20 s default to start its temporary server is too short on small
+        # machines (17 to 30 s measured on 2 cores, bench/README.md).
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        from flows.segment import run_tracked
+
+        summary = run_tracked(request, **cluster)
+    else:
+        from unet_tiles.run import segment
+
+        summary = segment(request, progress=False if args.no_progress else None, **cluster)
     print(format_summary(summary, args.output))
     return 0
-
-
-def _run_as_flow(args: argparse.Namespace) -> RunSummary:
-    import os
-
-    from unet_tiles.run import SegmentRequest
-
-    # Prefect's 20 s default to start its temporary server is too short on small
-    # machines (17 to 30 s measured on 2 cores, bench/README.md).
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from flows.segment import run_tracked
-
-    request = SegmentRequest(
-        input=args.input, output=args.output, model_dir=args.model,
-        output_kind=args.output_kind, dtype=args.dtype, block_size=args.block_size,
-        tile_size=args.tile_size, axes=args.axes, overwrite=args.overwrite,
-        batch_size=args.batch_size, device=args.device,
-    )
-    return run_tracked(request, cluster=args.cluster, workers=args.workers,
-                       threads_per_worker=args.threads_per_worker)
 
 
 def format_summary(summary: RunSummary, output: str) -> str:
@@ -108,7 +104,3 @@ def format_summary(summary: RunSummary, output: str) -> str:
         f"({summary.blocks_skipped} already done) in {summary.seconds:.1f} s = "
         f"{summary.megapixels_per_s:.2f} Mpx/s -> {output}"
     )
-
-
-if __name__ == "__main__":
-    sys.exit(0)
