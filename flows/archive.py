@@ -121,6 +121,7 @@ def segment_archive(
     batch_size: int | None = None,
     axes: str | None = None,
     device: str = "auto",
+    allow_missing_chunks: bool = False,
     cluster: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -145,7 +146,7 @@ def segment_archive(
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     options = {"model_dir": model_dir, "output_kind": output_kind, "dtype": dtype,
                "block_size": block_size, "tile_size": tile_size, "batch_size": batch_size,
-               "axes": axes, "device": device}
+               "axes": axes, "device": device, "allow_missing_chunks": allow_missing_chunks}
     images = discover_step(root, output_root)
     planned = plan_step(images, output_root, options)
     todo = [o for o in planned if o.status == "todo"]

@@ -37,6 +37,7 @@ def segment_image(
     axes: str | None = None,
     device: str = "auto",
     overwrite: bool = False,
+    allow_missing_chunks: bool = False,
     cluster: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -51,6 +52,8 @@ def segment_image(
         cluster: ``local``, ``cpu``, ``cuda`` or ``tcp://host:port``; default
             ``$UNET_TILES_CLUSTER`` of the worker, else ``local``.
         workers: workers of a local cluster; default ``$UNET_TILES_WORKERS``.
+        allow_missing_chunks: read absent input chunks as fill value (stores
+            written with zarr's default of skipping empty chunks).
         make_parent_dirs: create the output's folder (arrival runs write into
             a mirror of the watched tree).
 
@@ -62,7 +65,7 @@ def segment_image(
     request = SegmentRequest(
         input=input, output=output, model_dir=model_dir, output_kind=output_kind, dtype=dtype,
         block_size=block_size, tile_size=tile_size, axes=axes, overwrite=overwrite,
-        batch_size=batch_size, device=device,
+        batch_size=batch_size, device=device, allow_missing_chunks=allow_missing_chunks,
     )
     if make_parent_dirs:
         make_parent(output)
@@ -97,7 +100,8 @@ def run_tracked(request: SegmentRequest, cluster: str | None = None, workers: in
     result = segment_image(
         input=r.input, output=r.output, model_dir=r.model_dir, output_kind=r.output_kind,
         dtype=r.dtype, block_size=r.block_size, tile_size=r.tile_size, batch_size=r.batch_size,
-        axes=r.axes, device=r.device, overwrite=r.overwrite, cluster=cluster, workers=workers,
+        axes=r.axes, device=r.device, overwrite=r.overwrite,
+        allow_missing_chunks=r.allow_missing_chunks, cluster=cluster, workers=workers,
         threads_per_worker=threads_per_worker,
     )
     names = ("pixels", "blocks_total", "blocks_done", "blocks_skipped", "seconds")

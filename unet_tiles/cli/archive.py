@@ -39,6 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="tiles per forward pass (default: 1 on CPU, 8 on GPU)")
     p.add_argument("--axes", default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--allow-missing-chunks", action="store_true",
+                   help="read absent input chunks as the fill value instead of failing")
     p.add_argument("--cluster", default=None,
                    help="local (default), cpu, cuda, or a scheduler address tcp://host:port")
     p.add_argument("--workers", type=int, default=None)
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         root=args.root, output_root=args.output_root, model_dir=args.model,
         output_kind=args.output_kind, dtype=args.dtype, block_size=args.block_size,
         tile_size=args.tile_size, batch_size=args.batch_size, axes=args.axes,
-        device=args.device, cluster=args.cluster, workers=args.workers,
+        device=args.device, allow_missing_chunks=args.allow_missing_chunks,
+        cluster=args.cluster, workers=args.workers,
         threads_per_worker=args.threads_per_worker, max_concurrent=args.max_concurrent,
         return_state=True,
     )
