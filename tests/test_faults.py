@@ -132,13 +132,13 @@ def wait_for_done(out: str, proc: subprocess.Popen[str], at_least: int, timeout:
 
 def blocks_reading_chunk(inp: str, model: Path, chunk: tuple[int, ...]) -> set[tuple[int, ...]]:
     """Indices of the blocks whose read window touches input chunk ``chunk``."""
-    from unet_tiles.resume import input_region
+    from unet_tiles.window import input_region
     from unet_tiles.run import SegmentRequest, validate
 
     run = validate(SegmentRequest(inp, inp + "-probe.zarr", str(model), block_size=int(BLOCK)))
     hit = set()
     for block in run.plan:
-        region = input_region(run.source, block, run.plan.dims)
+        region, _ = input_region(run.source, block, run.plan.dims)
         if all(s.start // CHUNK <= c < -(-s.stop // CHUNK) for s, c in zip(region, chunk,
                                                                          strict=True)):
             hit.add(block.index)

@@ -25,10 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unet_tiles.plan import reflect_indices
-
 if TYPE_CHECKING:
-    from unet_tiles.plan import Block, BlockPlan
+    from unet_tiles.plan import BlockPlan
     from unet_tiles.source import ImageSource
 
 logger = logging.getLogger(__name__)
@@ -44,26 +42,6 @@ def _source_from_record(data: dict[str, Any]) -> ImageSource:
     )
 
 
-def input_region(source: ImageSource, block: Block, dims: int) -> tuple[slice, ...]:
-    """The input region ``window.read_window`` reads for ``block`` (same arithmetic)."""
-    out_axes = source.axes.replace("c", "")
-    lead = len(out_axes) - dims
-    region = []
-    for axis in source.axes:
-        n = source.axis_size(axis)
-        if axis == "c":
-            region.append(slice(0, n))
-            continue
-        k = out_axes.index(axis)
-        start, size = block.read.offset[k], block.read.shape[k]
-        if k < lead:
-            region.append(slice(start, start + size))
-            continue
-        index = reflect_indices(start, start + size, n)
-        region.append(slice(int(index.min()), int(index.max()) + 1))
-    return tuple(region)
-
-
 def _chunk_files(array: Any, source: ImageSource, region: tuple[slice, ...]) -> list[Path]:
     from unet_tiles.window import chunk_keys
 
@@ -75,6 +53,8 @@ def stale_done_blocks(url: str, plan: BlockPlan, source: ImageSource) -> list[st
     """Ids of done blocks that read an input chunk newer than their done-marker."""
     import zarr
 
+    from unet_tiles.window import input_region
+
     done = zarr.open_array(store=url, path="done", mode="r")
     marks = np.asarray(done[...]).astype(bool)
     array = source.open()
@@ -84,7 +64,8 @@ def stale_done_blocks(url: str, plan: BlockPlan, source: ImageSource) -> list[st
             continue
         key = done.metadata.encode_chunk_key(block.index)
         done_mtime = (Path(url) / "done" / key).stat().st_mtime
-        for chunk in _chunk_files(array, source, input_region(source, block, plan.dims)):
+        region, _ = input_region(source, block, plan.dims)
+        for chunk in _chunk_files(array, source, region):
             try:
                 changed = chunk.stat().st_mtime > done_mtime
             except FileNotFoundError:
@@ -126,4 +107,4 @@ def adopt_repaired_input(url: str, plan: BlockPlan, stored: dict[str, Any],
     return True
 
 
-__all__ = ["adopt_repaired_input", "input_region", "stale_done_blocks"]
+__all__ = ["adopt_repaired_input", "stale_done_blocks"]

@@ -45,18 +45,10 @@ def missing_chunks(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
     return sync(check())  # type: ignore[no-any-return]
 
 
-NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
-
-
-def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int,
-                allow_missing_chunks: bool = False) -> np.ndarray:
-    """The block's read window ``(C, *spatial)``, mirror-extrapolated.
-
-    The dtype is the input's for uint8, int16 and float32, else float32.
-
-    Only the part of the image the mirrored indices touch is read, so memory
-    is the window's size even when it is far larger than a tiny image.
-    """
+def input_region(source: ImageSource, block: Block,
+                 dims: int) -> tuple[tuple[slice, ...], list[np.ndarray]]:
+    """The input region a block reads, and per spatial axis the mirrored
+    indices into it that make up the read window."""
     out_axes = source.axes.replace("c", "")
     lead = len(out_axes) - dims
     region: list[slice] = []
@@ -75,7 +67,24 @@ def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int,
         lo, hi = int(index.min()), int(index.max()) + 1
         region.append(slice(lo, hi))
         takes.append(index - lo)
-    region_t = tuple(region)
+    return tuple(region), takes
+
+
+NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
+
+
+def read_window(array: zarr.Array, source: ImageSource, block: Block, dims: int,
+                allow_missing_chunks: bool = False) -> np.ndarray:
+    """The block's read window ``(C, *spatial)``, mirror-extrapolated.
+
+    The dtype is the input's for uint8, int16 and float32, else float32.
+
+    Only the part of the image the mirrored indices touch is read, so memory
+    is the window's size even when it is far larger than a tiny image.
+    """
+    out_axes = source.axes.replace("c", "")
+    lead = len(out_axes) - dims
+    region_t, takes = input_region(source, block, dims)
     missing = [] if allow_missing_chunks else missing_chunks(array, region_t)
     if missing:
         raise InputIncompleteError(
