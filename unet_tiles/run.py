@@ -7,6 +7,7 @@ on a cluster it starts or joins.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from unet_tiles.cluster import ClusterInfo
+    from unet_tiles.model import UNet
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +77,8 @@ class PreparedRun:
 
 def validate(request: SegmentRequest) -> PreparedRun:
     """Check everything that can be checked before writing a byte."""
-    from unet_tiles.modelio import load_model, model_hash
-
-    model = load_model(request.model_dir)
+    model, digest = model_and_hash(request.model_dir)
     config = model.config
-    digest = model_hash(request.model_dir)
     _check_paths(request.input, request.output)
     source = open_source(request.input, request.axes, config.in_channels, config.dims)
     _check_axes(source, config.dims, config.in_channels)
@@ -119,6 +118,30 @@ def validate(request: SegmentRequest) -> PreparedRun:
                    model_hash=digest, batch_size=request.batch_size, device=request.device,
                    run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks)
     return PreparedRun(request, source, plan, job, identity(digest, parameters, input_identity))
+
+
+def model_and_hash(model_dir: str) -> tuple[UNet, str]:
+    """The checked model and its hash, loaded once per process while its files
+    are unchanged: an archive run validates every image against one model."""
+    from unet_tiles.modelio import CONFIG_NAME, WEIGHTS_NAME
+
+    path = Path(model_dir)
+    stamp = []
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            info = (path / name).stat()
+            stamp.append((info.st_mtime_ns, info.st_size))
+        except OSError:
+            stamp.append(None)  # load_model names what is missing
+    return _load_model_once(str(path.resolve()), tuple(stamp))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model_once(model_dir: str, stamp: tuple[Any, ...]) -> tuple[UNet, str]:
+    from unet_tiles.modelio import load_model, model_hash
+
+    del stamp
+    return load_model(model_dir), model_hash(model_dir)
 
 
 def prepare(run: PreparedRun) -> bool:
