@@ -75,3 +75,13 @@ def test_config_checks(changes: dict[str, object], message: str) -> None:
 
     with pytest.raises(ModelFormatError, match=message):
         UNetConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_class_argmax_equals_torch_argmax_with_ties() -> None:
+    from unet_tiles.predict import class_argmax
+
+    generator = torch.Generator().manual_seed(0)
+    for classes in (2, 3, 7):
+        logits = torch.randint(0, 3, (2, classes, 9, 11), generator=generator).float()
+        logits = logits[..., 1:-1, 2:]  # cropped, non-contiguous as in predict
+        assert torch.equal(class_argmax(logits).long(), logits.argmax(dim=1))

@@ -104,6 +104,22 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
             "seconds": time.perf_counter() - started}
 
 
+def warm_worker(job: BlockJob) -> None:
+    """Import torch and load the model on a worker before its first block.
+
+    Run on every worker at the start (``Client.run``), so that the blocks'
+    time is the blocks' work and no block waits on a cold worker.
+    """
+    import torch
+
+    from unet_tiles.predict import cached_model, pick_device
+
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    if job.device != "cuda:worker":
+        cached_model(job.model_dir, job.model_hash, pick_device(job.device))
+
+
 # Opened arrays are kept per worker process. The keys carry the whole source
 # description and the run id, so a store replaced at the same path (an
 # --overwrite, a re-acquired image) is opened afresh, never through stale metadata.
@@ -263,4 +279,5 @@ def _progress_bar(total: int, initial: int, progress: bool | None) -> Any:
     return tqdm(total=total, initial=initial, unit="block", dynamic_ncols=True, file=sys.stderr)
 
 
-__all__ = ["BlockJob", "RunSummary", "describe_block", "process_block", "run_plan", "run_serial"]
+__all__ = ["BlockJob", "RunSummary", "describe_block", "process_block", "run_plan", "run_serial",
+           "warm_worker"]

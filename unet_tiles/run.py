@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unet_tiles.engine import BlockJob, RunSummary, run_plan
+from unet_tiles.engine import BlockJob, RunSummary, run_plan, warm_worker
 from unet_tiles.errors import InputError, OutputConflictError, UsageError
 from unet_tiles.plan import BlockPlan, block_shape, check_block_size, make_plan, output_chunks
 from unet_tiles.source import ImageSource, fingerprint, is_remote, open_source
@@ -33,7 +33,7 @@ OUTPUT_KINDS = ("labels", "probabilities", "both")
 PROBABILITY_DTYPES = ("float16", "float32")
 # Defaults measured with bench/throughput.py on 2 CPU cores (bench/README.md).
 DEFAULT_BLOCK = {2: 2048, 3: 128}
-DEFAULT_TILE = {2: 512, 3: 96}
+DEFAULT_TILE = {2: 688, 3: 96}
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,8 @@ def execute(run: PreparedRun, client: Client, info: ClusterInfo | None = None, *
             job = replace(job, device=info.device)
         resources = info.resources
     skip = done_blocks(run.job.output.url)
+    if not skip.all():
+        client.run(warm_worker, job)
     summary = run_plan(client, run.plan, job, skip=skip, progress=progress,
                        resources=resources, **kwargs)
     finalize(run.job.output.url)
