@@ -48,10 +48,19 @@ def _tile_rate(model_dir: str, size_in: int, threads: int, seconds: float) -> fl
     return count * out * out / elapsed
 
 
-def _parallel_rate(model_dir: str, size_in: int, processes: int, seconds: float) -> float:
+def _parallel_rate(model_dir: str, size_in: int, processes: int, threads: int,
+                   seconds: float) -> float:
+    """Summed rate of ``processes`` fresh processes running tiles at once.
+
+    They get the same malloc settings as the workers unet-tiles starts, so the
+    ceiling is the model's best under the engine's own conditions.
+    """
+    from unet_tiles.cluster import CPU_WORKER_MALLOC
+
+    os.environ.update(CPU_WORKER_MALLOC)
     ctx = mp.get_context("spawn")
     with ctx.Pool(processes) as pool:
-        rates = pool.starmap(_tile_rate, [(model_dir, size_in, 1, seconds)] * processes)
+        rates = pool.starmap(_tile_rate, [(model_dir, size_in, threads, seconds)] * processes)
     return sum(rates)
 
 
@@ -62,8 +71,8 @@ def ceiling(model_dir: str, cores: int, seconds: float) -> tuple[float, str]:
     best, best_what = 0.0, ""
     for target in TILE_TARGETS:
         size_in = model.valid_size(target)
-        one = _tile_rate(model_dir, size_in, cores, seconds)
-        many = _parallel_rate(model_dir, size_in, cores, seconds) if cores > 1 else one
+        one = _parallel_rate(model_dir, size_in, 1, cores, seconds)
+        many = _parallel_rate(model_dir, size_in, cores, 1, seconds) if cores > 1 else one
         print(f"  tile in {size_in:5d} (out {size_in - 2 * model.halo[0]:5d}): "
               f"1 process x {cores} threads {one / 1e6:6.2f} Mpx/s, "
               f"{cores} processes x 1 thread {many / 1e6:6.2f} Mpx/s", flush=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from conftest import write_zarr
 
 from unet_tiles.run import SegmentRequest, _load_model_once, validate
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_model_is_loaded_once_and_reloaded_when_its_files_change(

@@ -247,3 +247,16 @@ def test_chunks_omitted_as_fill_value_need_explicit_permission(
     assert main([*args, "--allow-missing-chunks", "--overwrite"]) == 0
     labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]
     assert (labels == softmax(reference_logits(model, image[None])).argmax(0)).mean() > 0.999
+
+
+def test_cli_output_is_the_summary_line_only(tmp_path: Path, make_model: Any,
+                                             image: np.ndarray) -> None:
+    src = write_zarr(tmp_path / "in.zarr", image, (64, 64))
+    proc = subprocess.run(
+        [sys.executable, "-m", "unet_tiles.cli", "segment", src, str(tmp_path / "o.zarr"),
+         "--model", str(make_model(depth=1)), "--workers", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("segmented 0.03 Mpx in 1 blocks")
+    assert "distributed" not in proc.stderr, proc.stderr

@@ -26,6 +26,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_THREADS_PER_WORKER = 1
 
 
+# glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh
+# mmaps, and the Nanny's MALLOC_TRIM_THRESHOLD_=65536 returns freed memory at
+# once: a U-Net's activations (tens of MiB) then page-fault on every forward
+# pass. Keeping them in the heap made CPU workers 20 % faster end to end here
+# (bench/README.md); memory stays bounded by the largest block's working set.
+CPU_WORKER_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(512 << 20),
+}
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     """What the engine needs to know about the cluster it runs on."""
@@ -90,11 +101,8 @@ def _local_cpu(workers: int | None,
     threads = threads or DEFAULT_THREADS_PER_WORKER
     workers = workers or max(1, cores // threads)
     torch_threads = max(1, cores // (workers * threads))
-    # The Nanny's default MALLOC_TRIM_THRESHOLD_=65536 makes glibc return memory
-    # to the OS after every large free, which slowed torch on CPU by about a
-    # third here; unset it for the workers we start (bench/README.md).
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    environ.update(CPU_WORKER_MALLOC)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
         n_workers=workers,
         threads_per_worker=threads,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         # distributed logs every worker start and stop, and warns when it kills a
-        # worker slow to stop at shutdown; users need none of it.
+        # worker slow to stop at shutdown; users need none of it. Its loggers are
+        # configured from dask's config when distributed is imported (later).
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
         for name in ("distributed", "dask_cuda"):
             logging.getLogger(name).setLevel(logging.ERROR)
         logging.getLogger("prefect").setLevel(logging.WARNING)
