@@ -95,7 +95,6 @@ def connect(spec: str = "local", workers: int | None = None,
 def _local_cpu(workers: int | None,
                threads: int | None) -> Iterator[tuple[Client, ClusterInfo]]:
     import dask
-    from distributed import Client, LocalCluster
 
     cores = _cpu_count()
     threads = threads or DEFAULT_THREADS_PER_WORKER
@@ -103,7 +102,17 @@ def _local_cpu(workers: int | None,
     torch_threads = max(1, cores // (workers * threads))
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.update(CPU_WORKER_MALLOC)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            _loopback_cluster(workers, threads) as client:
+        yield client, ClusterInfo("cpu", workers, threads, torch_threads)
+
+
+@contextlib.contextmanager
+def _loopback_cluster(workers: int, threads: int) -> Iterator[Client]:
+    """A LocalCluster of worker processes listening on 127.0.0.1 only."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
         n_workers=workers,
         threads_per_worker=threads,
         processes=True,
@@ -112,7 +121,7 @@ def _local_cpu(workers: int | None,
         dashboard_address="127.0.0.1:0",
         silence_logs=logging.CRITICAL,
     ) as cluster, Client(cluster) as client:
-        yield client, ClusterInfo("cpu", workers, threads, torch_threads)
+        yield client
 
 
 @contextlib.contextmanager
@@ -158,16 +167,7 @@ def _shared_gpus(workers: int, threads: int,
     per GPU keep the device fed. dask-cuda pins one worker per GPU, so this
     is a plain LocalCluster whose tasks pick their GPU by worker name.
     """
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.CRITICAL,
-    ) as cluster, Client(cluster) as client:
+    with _loopback_cluster(workers, threads) as client:
         yield client, ClusterInfo("cuda", workers, threads, None, None, "cuda:worker")
 
 
