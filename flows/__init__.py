@@ -31,3 +31,17 @@ def api_configured() -> bool:
     active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
     settings = data.get("profiles", {}).get(active, {})
     return bool(settings.get("PREFECT_API_URL"))
+
+
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"
+
+
+def allow_slow_server_start() -> None:
+    """Give Prefect's temporary local server time to start (call before importing Prefect).
+
+    Its 20 s default is too short on small machines (17 to 30 s measured on 2
+    cores, bench/README.md); a user's own setting wins. Changes only this
+    process's environment.
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                          EPHEMERAL_STARTUP_TIMEOUT_S)

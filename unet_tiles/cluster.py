@@ -96,11 +96,15 @@ def _local_cpu(workers: int | None,
                threads: int | None) -> Iterator[tuple[Client, ClusterInfo]]:
     import dask
 
+    # distributed is imported first so its defaults are in dask's config:
+    # leaving config.set() below would otherwise drop the whole section.
+    import distributed  # noqa: F401
+
     cores = _cpu_count()
     threads = threads or DEFAULT_THREADS_PER_WORKER
     workers = workers or max(1, cores // threads)
     torch_threads = max(1, cores // (workers * threads))
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     environ.update(CPU_WORKER_MALLOC)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
             _loopback_cluster(workers, threads) as client:

@@ -6,17 +6,11 @@ Runs the ``segment-archive`` Prefect flow once: tracked on the server
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import argparse
-
-# Prefect's default of 20 s to start its temporary server is too short on small
-# machines: it took 17 to 30 s on 2 cores (bench/README.md).
-EPHEMERAL_STARTUP_TIMEOUT_S = "120"
-
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -55,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-                          EPHEMERAL_STARTUP_TIMEOUT_S)
+    from flows import allow_slow_server_start
+
+    allow_slow_server_start()
     from flows.archive import ArchiveFailedError, segment_archive
 
     _quiet_after_prefect_import(args)

@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
         )
     else:
+        from flows import allow_slow_server_start
+
+        allow_slow_server_start()
         from flows.segment import run_tracked
         from unet_tiles.run import SegmentRequest
 

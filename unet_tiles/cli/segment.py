@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -84,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
                "threads_per_worker": args.threads_per_worker}
     # A one-off run without a Prefect server pays no server start-up (bench/README.md).
     if args.prefect or api_configured():
-        # Prefect's 20 s default to start its temporary server is too short on small
-        # machines (17 to 30 s measured on 2 cores, bench/README.md).
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        from flows import allow_slow_server_start
+
+        allow_slow_server_start()
         from flows.segment import run_tracked
 
         summary = run_tracked(request, **cluster)
