@@ -132,8 +132,8 @@ def wait_for_done(out: str, proc: subprocess.Popen[str], at_least: int, timeout:
 
 def blocks_reading_chunk(inp: str, model: Path, chunk: tuple[int, ...]) -> set[tuple[int, ...]]:
     """Indices of the blocks whose read window touches input chunk ``chunk``."""
-    from unet_tiles.window import input_region
     from unet_tiles.run import SegmentRequest, validate
+    from unet_tiles.window import input_region
 
     run = validate(SegmentRequest(inp, inp + "-probe.zarr", str(model), block_size=int(BLOCK)))
     hit = set()

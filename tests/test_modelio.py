@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -12,6 +12,9 @@ from unet_tiles import load_model
 from unet_tiles.errors import ModelFormatError
 from unet_tiles.model import UNetConfig, build_unet
 from unet_tiles.modelio import model_hash, save_model
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ writer (serial engine here; tests/test_segment.py runs the dask cluster).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pytest
 import zarr
 from conftest import reference_logits, softmax, write_zarr
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +17,11 @@ from hypothesis import strategies as st
 
 from unet_tiles.engine import run_serial
 from unet_tiles.run import SegmentRequest, prepare, validate
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
 
 SETTINGS = settings(
     max_examples=25, deadline=None,

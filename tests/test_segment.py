@@ -9,9 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -20,6 +18,10 @@ from conftest import reference_logits, softmax, write_zarr
 
 from unet_tiles.cli import main
 from unet_tiles.run import SegmentRequest, execute, prepare, validate
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.cluster
 
@@ -114,7 +116,8 @@ def test_ome_zarr_level0_and_axes(tmp_path: Path, make_model: Any, client: Any) 
     root.create_array("1", shape=(2, 20, 30), chunks=(2, 32, 32), dtype="uint8")
     run = validate(SegmentRequest(str(tmp_path / "img.ome.zarr"), str(tmp_path / "o.zarr"),
                                   str(model)))
-    assert run.source.axes == "cyx" and run.source.array_path == "0"
+    assert run.source.axes == "cyx"
+    assert run.source.array_path == "0"
     prepare(run)
     execute(run, client, progress=False)
     labels = zarr.open_array(str(tmp_path / "o.zarr" / "labels"))
