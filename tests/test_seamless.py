@@ -87,6 +87,18 @@ def test_valid_3d_tiling_equals_whole_volume(
     assert np.abs(out["probabilities"][...] - expected).max() <= 1e-4
 
 
+def test_channel_axis_between_spatial_axes_for_a_3d_model(tmp_path: Path,
+                                                           make_model: Any) -> None:
+    model = make_model(dims=3, depth=1, base_channels=2, in_channels=2)
+    rng = np.random.default_rng(9)
+    image = (rng.random((11, 2, 14, 17)) * 255).astype("uint8")  # z c y x
+    out = segment_serial(tmp_path, image, (4, 1, 8, 8), model, block_size=8, tile_size=8,
+                         axes="zcyx")
+    expected = softmax(reference_logits(model, image.transpose(1, 0, 2, 3)))
+    assert out["probabilities"].shape == expected.shape
+    assert np.abs(out["probabilities"][...] - expected).max() <= 1e-4
+
+
 def test_multichannel_timeseries_with_2d_model_runs_plane_by_plane(
     tmp_path: Path, make_model: Any
 ) -> None:

@@ -212,18 +212,14 @@ def _check_paths(input_url: str, output_url: str) -> None:
 
 
 def _check_axes(source: ImageSource, dims: int, in_channels: int) -> None:
+    # The channel axis may sit anywhere (window.read_window moves it first), so
+    # only the other axes must end in the model's spatial axes.
     spatial = "zyx"[3 - dims:]
-    if not source.axes.endswith(spatial) and not (
-        dims == 2 and source.axes.replace("c", "").endswith("yx")
-    ):
+    if not source.axes.replace("c", "").endswith(spatial):
         raise InputError(
             f"input {source.location!r} has axes {source.axes!r} but the model is {dims}D "
-            f"and needs {spatial!r}; pass --axes or use a {len(source.axes)}D-capable model"
-        )
-    if dims == 3 and "z" not in source.axes:
-        raise InputError(
-            f"input {source.location!r} has axes {source.axes!r} without z but the model is 3D; "
-            "use a 2D model or pass --axes"
+            f"and needs {','.join(spatial)} last; pass --axes or use a "
+            f"{'2D' if dims == 3 else '3D'} model"
         )
     channels = source.axis_size("c")
     if channels != in_channels:
@@ -231,10 +227,6 @@ def _check_axes(source: ImageSource, dims: int, in_channels: int) -> None:
             f"input {source.location!r} has {channels} channel(s) (axes {source.axes!r}) but the "
             f"model expects {in_channels}; pass --axes to say which axis is c, or use a model "
             f"for {channels} channel(s)"
-        )
-    if dims == 3 and source.axes.replace("c", "")[-3:] != "zyx":
-        raise InputError(
-            f"input {source.location!r} axes {source.axes!r} must end in z,y,x for a 3D model"
         )
 
 
