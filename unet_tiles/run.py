@@ -33,7 +33,7 @@ OUTPUT_KINDS = ("labels", "probabilities", "both")
 PROBABILITY_DTYPES = ("float16", "float32")
 # Defaults measured with bench/throughput.py on 2 CPU cores (bench/README.md).
 DEFAULT_BLOCK = {2: 2048, 3: 128}
-DEFAULT_TILE = {2: 688, 3: 96}
+DEFAULT_TILE = {2: 1024, 3: 96}
 
 
 @dataclass(frozen=True)
