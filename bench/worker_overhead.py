@@ -57,9 +57,6 @@ def _main_thread_cpu() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-EVENT_LOOP_CPU: list[float] = []
-
-
 def _blocks_on_main_thread(job: BlockJob, blocks: list[Block]) -> int:
     from unet_tiles.engine import process_block
 
@@ -76,12 +73,6 @@ def _blocks_on_a_thread(job: BlockJob, blocks: list[Block]) -> int:
     worker.start()
     worker.join()
     return faults[0]
-
-
-def _warm(job: BlockJob) -> None:
-    from unet_tiles.engine import warm_worker
-
-    warm_worker(job)
 
 
 @contextlib.contextmanager
@@ -108,32 +99,40 @@ def _fresh(work: Path, src: str, model_dir: str) -> PreparedRun:
     return run
 
 
+# A mode's measurement: seconds for all blocks, page faults, and the mean CPU
+# seconds of a dask worker's event-loop thread (None without dask).
+Measured = tuple[float, int, float | None]
+
+
 def pool_mode(target: Callable[[BlockJob, list[Block]], int], environ: dict[str, str],
-              run: PreparedRun, cores: int) -> tuple[float, int]:
-    """(Seconds, page faults) for ``cores`` spawned processes to do every block."""
+              run: PreparedRun, cores: int) -> Measured:
+    """``cores`` spawned processes doing every block, models loaded beforehand."""
+    from unet_tiles.engine import warm_worker
+
     job = replace(run.job, torch_threads=1)
     blocks = list(run.plan)
     with _environ(environ), mp.get_context("spawn").Pool(cores) as pool:
-        pool.map(_warm, [job] * cores)
+        pool.map(warm_worker, [job] * cores)
         started = time.perf_counter()
         faults = pool.starmap(target, [(job, blocks[k::cores]) for k in range(cores)])
-        return time.perf_counter() - started, sum(faults)
+        return time.perf_counter() - started, sum(faults), None
 
 
-def dask_mode(product_cluster: bool, run: PreparedRun, cores: int) -> tuple[float, int]:
-    """(Seconds, page faults of the workers) for the engine's blocks phase."""
+def dask_mode(product_cluster: bool, run: PreparedRun, cores: int) -> Measured:
+    """The engine's blocks phase on a LocalCluster, models loaded beforehand."""
     from unet_tiles.cluster import CPU_WORKER_MALLOC, ClusterInfo, connect
+    from unet_tiles.engine import warm_worker
     from unet_tiles.run import execute
 
-    def measure(client: Client, info: ClusterInfo) -> tuple[float, int]:
-        client.run(_warm, replace(run.job, torch_threads=info.torch_threads))
+    def measure(client: Client, info: ClusterInfo) -> Measured:
+        client.run(warm_worker, replace(run.job, torch_threads=info.torch_threads))
         before = client.run(_minor_faults)
         loop_before = client.run(_main_thread_cpu)
         seconds = execute(run, client, info, progress=False).seconds
         loop = client.run(_main_thread_cpu)
         after = client.run(_minor_faults)
-        EVENT_LOOP_CPU.append(sum(loop[w] - loop_before[w] for w in loop) / len(loop))
-        return seconds, sum(after[w] - before[w] for w in after)
+        return (seconds, sum(after[w] - before[w] for w in after),
+                sum(loop[w] - loop_before[w] for w in loop) / len(loop))
 
     if product_cluster:
         with connect("cpu") as (client, info):
@@ -162,7 +161,7 @@ def main() -> None:
     model_dir = bench_model(args.model, work)
     src = synthetic_input(work, args.size)
     arenas = {k: v for k, v in CPU_WORKER_MALLOC.items() if k != "MALLOC_ARENA_MAX"}
-    modes: list[tuple[str, Callable[[PreparedRun], tuple[float, int]]]] = [
+    modes: list[tuple[str, Callable[[PreparedRun], Measured]]] = [
         ("processes, main thread", lambda r: pool_mode(
             _blocks_on_main_thread, CPU_WORKER_MALLOC, r, cores)),
         ("processes, a thread, default arenas", lambda r: pool_mode(
@@ -179,13 +178,13 @@ def main() -> None:
     loop_cpu: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for name, measure in modes:
-            EVENT_LOOP_CPU.clear()
-            seconds, count = measure(_fresh(work, src, model_dir))
+            run = _fresh(work, src, model_dir)
+            seconds, count, loop = measure(run)
             best[name] = min(best.get(name, float("inf")), seconds)
             faults.setdefault(name, []).append(count)
-            loop_cpu.setdefault(name, []).extend(EVENT_LOOP_CPU)
+            loop_cpu.setdefault(name, []).extend([] if loop is None else [loop])
     base = best[modes[0][0]]
-    blocks = len(_fresh(work, src, model_dir).plan)
+    blocks = len(run.plan)
     print(f"{'mode':42s} {'Mpx/s':>6s}  ratio  page faults per block | worker event-loop "
           "CPU s (each round)")
     for name, _ in modes:

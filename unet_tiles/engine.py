@@ -72,14 +72,11 @@ class RunSummary:
 
 def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     """Read + predict + write + mark done, in one worker task."""
-    import torch
-
     from unet_tiles.predict import cached_model, pick_device, predict_block
     from unet_tiles.window import read_window
     from unet_tiles.writer import write_block
 
-    if job.torch_threads and torch.get_num_threads() != job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
+    _set_torch_threads(job)
     device = pick_device(job.device)
     started = time.perf_counter()
     model = cached_model(job.model_dir, job.model_hash, device)
@@ -110,14 +107,19 @@ def warm_worker(job: BlockJob) -> None:
     Run on every worker at the start (``Client.run``), so that the blocks'
     time is the blocks' work and no block waits on a cold worker.
     """
-    import torch
-
     from unet_tiles.predict import cached_model, pick_device
 
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
+    _set_torch_threads(job)
+    # "cuda:worker" picks the GPU from the task's worker, known only inside a task.
     if job.device != "cuda:worker":
         cached_model(job.model_dir, job.model_hash, pick_device(job.device))
+
+
+def _set_torch_threads(job: BlockJob) -> None:
+    import torch
+
+    if job.torch_threads and torch.get_num_threads() != job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
 
 
 # Opened arrays are kept per worker process. The keys carry the whole source
