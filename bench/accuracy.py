@@ -3,7 +3,7 @@
 Scores the model (default: the shipped demo model, trained on synthetic nuclei
 seeds 1-4) on other generated images of the same kind (default seeds 1000+),
 which it has never seen, with the seamless whole-image prediction of
-``unet_tiles.metrics``. The target of issue 4 is a foreground IoU of at least 0.9.
+``unet_tiles.training.metrics``. The target of issue 4 is a foreground IoU of at least 0.9.
 
     python bench/accuracy.py [--model DIR] [--count 4] [--size 1024] [--seed 1000]
 """
@@ -31,10 +31,10 @@ def main() -> int:
 
     import torch
 
-    from unet_tiles.demo import demo_model_dir
-    from unet_tiles.metrics import predict_classes, score
-    from unet_tiles.modelio import load_model
-    from unet_tiles.synth import generate_arrays
+    from unet_tiles.demo.images import demo_model_dir
+    from unet_tiles.demo.synth import generate_arrays
+    from unet_tiles.model.files import load_model
+    from unet_tiles.training.metrics import predict_classes, score
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-DEMO_MODEL = Path(__file__).resolve().parent.parent / "unet_tiles" / "demo_model"
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "unet_tiles" / "demo" / "model"
 
 
 def bench_model(model: str | None, work: Path) -> str:
@@ -14,8 +14,8 @@ def bench_model(model: str | None, work: Path) -> str:
         return model
     if (DEMO_MODEL / "weights.safetensors").is_file():
         return str(DEMO_MODEL)
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import save_model
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     config = UNetConfig(depth=3, base_channels=8, input_scale=(1 / 255,))
     return str(save_model(build_unet(config, seed=0), work / "model"))
@@ -23,7 +23,7 @@ def bench_model(model: str | None, work: Path) -> str:
 
 def synthetic_input(work: Path, size: int, chunk: int = 1024) -> str:
     """A generated nuclei image of ``size`` x ``size`` uint8 as a zarr v3 array."""
-    from unet_tiles.synth import generate_image
+    from unet_tiles.demo.synth import generate_image
 
     path = work / f"image{size}.zarr"
     if not (path / "zarr.json").exists():

@@ -49,8 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from unet_tiles import load_model
-    from unet_tiles.cli.segment import execute
+    from unet_tiles import load_model, segment
 
     work = workdir("unet-tiles-gpu-")
     model_dir = bench_model(args.model, work)
@@ -83,7 +82,7 @@ def main() -> None:
         out = work / "out.zarr"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        summary = execute(src, str(out), model_dir, cluster="cuda", progress=False,
+        summary = segment(src, str(out), model_dir, cluster="cuda", progress=False,
                           **options)  # type: ignore[arg-type]
         wall = time.perf_counter() - started
         print(f"end to end ({name}): {summary.megapixels_per_s:.1f} Mpx/s over the blocks "

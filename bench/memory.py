@@ -55,9 +55,9 @@ def main() -> None:
     parser.add_argument("--model", default=None,
                         help="model directory (default: a small depth-2 model, for speed)")
     args = parser.parse_args()
-    from unet_tiles.cli.segment import execute
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import save_model
+    from unet_tiles import segment
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     work = workdir("unet-tiles-memory-")
     model = args.model or str(save_model(
@@ -68,7 +68,7 @@ def main() -> None:
     for size in args.sizes:
         src = synthetic_input(work, size)
         with PeakRss() as peak:
-            summary = execute(src, str(work / f"out{size}.zarr"), model, progress=False)
+            summary = segment(src, str(work / f"out{size}.zarr"), model, progress=False)
         results.append((size, peak.peak_bytes / 2**20, summary))
         print(f"{size} x {size} ({size * size / 1e6:.0f} Mpx): peak RSS of all processes "
               f"{peak.peak_bytes / 2**20:.0f} MiB, {summary.blocks_done} blocks, "

@@ -3,7 +3,7 @@
 Runs the same small segmentation (a 512x512 uint8 image, a tiny model, one
 local dask worker) three ways, each as a fresh process, as a user would:
 
-  direct    no Prefect API configured: unet_tiles.run called directly
+  direct    no Prefect API configured: unet_tiles.engine.run called directly
   tracked   PREFECT_API_URL set to a running server: a tracked flow run
   --prefect no server: Prefect's temporary local server, started per command
             (with a fresh PREFECT_HOME, which also creates its database, and
@@ -86,8 +86,8 @@ def _prepare(work: Path, size: int) -> None:
     import numpy as np
     import zarr
 
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import save_model
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     save_model(build_unet(UNetConfig(dims=2, in_channels=1, classes=2, depth=2,
                                      base_channels=4), seed=0), work / "model")

@@ -12,7 +12,7 @@ compares every file of every output store byte for byte. Prints::
     24 images, 11 kills, 0 mismatches
 
 and exits 1 on any mismatch. Without Prefect installed it runs
-``unet_tiles.run`` per image on the same cluster instead of the flow.
+``unet_tiles.engine.run`` per image on the same cluster instead of the flow.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Killer(threading.Thread):
 def run_archive(root: Path, out_root: Path, model: str, address: str, images: list[Path],
                 block: int) -> None:
     try:
-        from flows.archive import segment_archive
+        from unet_tiles.flows.archive import segment_archive
     except ImportError:
         segment_archive = None
     if segment_archive is not None:
@@ -98,7 +98,7 @@ def run_archive(root: Path, out_root: Path, model: str, address: str, images: li
             segment_archive(str(root), str(out_root), model, block_size=block, cluster=address,
                             max_concurrent=2)
         return
-    from unet_tiles.run import SegmentRequest, segment
+    from unet_tiles.engine.run import SegmentRequest, segment
 
     for image in images:
         with contextlib.suppress(Exception):
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed import Client
 
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import save_model
-    from unet_tiles.run import SegmentRequest, execute, prepare, validate
+    from unet_tiles.engine.run import SegmentRequest, validate
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     work = Path(args.work or tempfile.mkdtemp(prefix="unet-tiles-soak-"))
     root, out_root, clean_root = work / "archive", work / "out", work / "clean"
@@ -163,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             clean = clean_root / image.name
             run = validate(SegmentRequest(str(image), str(clean), model,
                                           block_size=args.block_size))
-            prepare(run)
-            execute(run, client, progress=False)
+            run.segment(client, progress=False)
             if store_files(clean) != store_files(out_root / image.name):
                 mismatches.append(image.name)
         client.close()

@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
     from distributed import Client
 
-    from unet_tiles.engine import BlockJob
-    from unet_tiles.plan import Block
-    from unet_tiles.run import PreparedRun
+    from unet_tiles.engine.blocks import BlockJob
+    from unet_tiles.engine.run import PreparedRun
+    from unet_tiles.pipeline.plan import Block
 
 
 def _minor_faults() -> int:
@@ -58,7 +58,7 @@ def _main_thread_cpu() -> float:
 
 
 def _blocks_on_main_thread(job: BlockJob, blocks: list[Block]) -> int:
-    from unet_tiles.engine import process_block
+    from unet_tiles.engine.blocks import process_block
 
     before = _minor_faults()
     for block in blocks:
@@ -90,7 +90,7 @@ def _environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def _fresh(work: Path, src: str, model_dir: str) -> PreparedRun:
-    from unet_tiles.run import SegmentRequest, prepare, validate
+    from unet_tiles.engine.run import SegmentRequest, prepare, validate
 
     out = work / "out.zarr"
     shutil.rmtree(out, ignore_errors=True)
@@ -107,7 +107,7 @@ Measured = tuple[float, int, float | None]
 def pool_mode(target: Callable[[BlockJob, list[Block]], int], environ: dict[str, str],
               run: PreparedRun, cores: int) -> Measured:
     """``cores`` spawned processes doing every block, models loaded beforehand."""
-    from unet_tiles.engine import warm_worker
+    from unet_tiles.engine.blocks import warm_worker
 
     job = replace(run.job, torch_threads=1)
     blocks = list(run.plan)
@@ -120,9 +120,9 @@ def pool_mode(target: Callable[[BlockJob, list[Block]], int], environ: dict[str,
 
 def dask_mode(product_cluster: bool, run: PreparedRun, cores: int) -> Measured:
     """The engine's blocks phase on a LocalCluster, models loaded beforehand."""
-    from unet_tiles.cluster import CPU_WORKER_MALLOC, ClusterInfo, connect
-    from unet_tiles.engine import warm_worker
-    from unet_tiles.run import execute
+    from unet_tiles.engine.blocks import warm_worker
+    from unet_tiles.engine.cluster import CPU_WORKER_MALLOC, ClusterInfo, connect
+    from unet_tiles.engine.run import execute
 
     def measure(client: Client, info: ClusterInfo) -> Measured:
         client.run(warm_worker, replace(run.job, torch_threads=info.torch_threads))
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many rounds")
     args = parser.parse_args()
-    from unet_tiles.cluster import CPU_WORKER_MALLOC
+    from unet_tiles.engine.cluster import CPU_WORKER_MALLOC
 
     cores = len(os.sched_getaffinity(0))
     work = workdir("unet-tiles-overhead-")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce unet_tiles/demo_model: 'unet-tiles train' on generated nuclei images.
+# Reproduce unet_tiles/demo/model: 'unet-tiles train' on generated nuclei images.
 # Four 1024 x 1024 training images (seeds 1-4), one 768 x 768 validation image
 # (seed 100); the held-out accuracy is measured on seeds 1000+ by bench/accuracy.py.
 # About 10 minutes on 2 CPU cores (one torch thread: deterministic, and robust
@@ -7,7 +7,7 @@
 set -euo pipefail
 
 WORK=${1:-demo-model-work}
-OUT=${2:-unet_tiles/demo_model}
+OUT=${2:-unet_tiles/demo/model}
 
 for seed in 1 2 3 4; do
     unet-tiles demo --generate-only --size 1024 --seed "$seed" --workdir "$WORK/train$seed"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import zarr
 
-from unet_tiles.arrival import ArrivalTracker, StoreState, look, watch
+from unet_tiles.archive.arrival import ArrivalTracker, StoreState, look, watch
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from unet_tiles.discover import ImageRef
+    from unet_tiles.archive.discover import ImageRef
 
 
 def _image(path: Path, seed: int = 0) -> None:
@@ -99,7 +99,7 @@ def test_reacquired_store_arrives_again_and_existing_ones_do_not(tracked) -> Non
     tracker, clock, fake, root = tracked
     _image(root / "old.zarr")
     fake.states["old.zarr"] = StoreState(True, "s1")
-    assert [i.relative for i in tracker.remember_existing()] == ["old.zarr"]
+    assert [i.relative for i in tracker.existing(as_arrivals=False)] == ["old.zarr"]
     tracker.mark(str(root / "old.zarr" / "c" / "0" / "0"))  # touched, same content
     for t in (2.0, 4.0, 6.0):
         clock.now = t
@@ -166,3 +166,29 @@ def test_watch_reports_a_slow_copy_once_after_it_completes(tmp_path: Path,
         thread.join(10)
     assert [a.relative for _, a in arrivals] == ["new.zarr"]
     assert arrivals[0][0] >= done
+
+
+@pytest.mark.parametrize("include_existing", [True, False])
+def test_watch_include_existing_reports_images_already_there(tmp_path: Path,
+                                                             include_existing: bool) -> None:
+    root = tmp_path / "watched"
+    root.mkdir()
+    _image(root / "old.zarr")
+    (root / "day").mkdir()
+    _image(root / "day" / "older.zarr", seed=1)
+    arrivals: list[str] = []
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=watch, args=(str(root), lambda i: arrivals.append(
+        i.relative)), kwargs={"quiet_s": 0.3, "stop": stop, "on_ready": ready.set,
+                             "include_existing": include_existing})
+    thread.start()
+    try:
+        assert ready.wait(10)
+        deadline = time.monotonic() + 5
+        while len(arrivals) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # and never again
+    finally:
+        stop.set()
+        thread.join(10)
+    assert sorted(arrivals) == (["day/older.zarr", "old.zarr"] if include_existing else [])

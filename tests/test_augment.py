@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unet_tiles.augment import AugmentConfig, coordinate_map, sample_tile
-from unet_tiles.synth import generate_arrays
+from unet_tiles.demo.synth import generate_arrays
+from unet_tiles.training.augment import AugmentConfig, coordinate_map, sample_tile
 
 
 def _smooth_scene(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

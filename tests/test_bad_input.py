@@ -32,7 +32,7 @@ from unet_tiles.cli import main
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from unet_tiles.model import UNet
+    from unet_tiles.model.unet import UNet
 
 def _zarr(path: Path, data: np.ndarray, chunks: tuple[int, ...] | None = None,
           zarr_format: int = 3, **kwargs: Any) -> str:
@@ -113,10 +113,12 @@ def _group(tmp: Path, names: tuple[str, ...]) -> str:
 
 def _existing_output(tmp: Path, model: Path) -> list[str]:
     """An output prepared for ``--output labels``, then asked for probabilities."""
-    from unet_tiles.run import SegmentRequest, prepare, validate
+    from unet_tiles.engine.run import SegmentRequest, validate
 
     inp = _image(tmp)
-    prepare(validate(SegmentRequest(inp, str(tmp / "out.zarr"), str(model))))
+    run = validate(SegmentRequest(inp, str(tmp / "out.zarr"), str(model)))
+    with run.locked():
+        run.prepare()
     return _seg(inp, str(tmp / "out.zarr"), model, "--output", "probabilities")
 
 
@@ -147,8 +149,8 @@ def _v2_bad_zarray(tmp: Path, model: Path) -> list[str]:
 
 
 def _model_3d_image_2d(tmp: Path, model: Path) -> list[str]:
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import save_model
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     m3 = save_model(build_unet(UNetConfig(dims=3, in_channels=1, classes=2, depth=1,
                                           base_channels=2), seed=0), tmp / "m3")
@@ -316,7 +318,7 @@ def test_nan_and_inf_pixels_are_read_as_zero(tmp_path: Path, make_model: Callabl
     the output of the same image with those pixels set to 0."""
     import zarr
 
-    from unet_tiles.run import SegmentRequest, execute, prepare, validate
+    from unet_tiles.engine.run import SegmentRequest, validate
 
     model = make_model(classes=2)
     rng = np.random.default_rng(1)
@@ -330,8 +332,7 @@ def test_nan_and_inf_pixels_are_read_as_zero(tmp_path: Path, make_model: Callabl
         out = str(tmp_path / f"{name}-out.zarr")
         run = validate(SegmentRequest(inp, out, str(model), output_kind="both",
                                       dtype="float32", block_size=32))
-        prepare(run)
-        execute(run, client, progress=False)
+        run.segment(client, progress=False)
         results.append(zarr.open_group(out, mode="r"))
     probabilities = np.asarray(results[0]["probabilities"][...])
     assert np.isfinite(probabilities).all()
@@ -346,8 +347,8 @@ def test_image_smaller_than_halo_is_mirrored(tmp_path: Path, make_model: Callabl
     """A 7x9 image (halo 20) is segmented like any other: mirrored as far as tiles reach."""
     import zarr
 
-    from unet_tiles.modelio import load_model
-    from unet_tiles.run import SegmentRequest, execute, prepare, validate
+    from unet_tiles.engine.run import SegmentRequest, validate
+    from unet_tiles.model.files import load_model
 
     model_dir = make_model(classes=2)
     model: UNet = load_model(model_dir)
@@ -356,12 +357,11 @@ def test_image_smaller_than_halo_is_mirrored(tmp_path: Path, make_model: Callabl
     inp = _zarr(tmp_path / "tiny.zarr", image, (7, 9))
     out = str(tmp_path / "tiny-out.zarr")
     run = validate(SegmentRequest(inp, out, str(model_dir)))
-    prepare(run)
-    summary = execute(run, client, progress=False)
+    summary = run.segment(client, progress=False)
     assert summary.blocks_done == 1
     labels = np.asarray(zarr.open_array(out, path="labels", mode="r")[...])
     assert labels.shape == (7, 9)
-    from conftest import reference_logits
+    from helpers import reference_logits
 
     expected = reference_logits(model_dir, image[None].astype(np.float32)).argmax(0)
     np.testing.assert_array_equal(labels, expected)

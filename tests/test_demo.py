@@ -9,18 +9,14 @@ import zarr
 from PIL import Image
 
 from unet_tiles.cli import main
-from unet_tiles.demo import (
-    accuracy,
-    demo_model_dir,
-    generate,
-    preview_region,
-    render_preview,
-)
-from unet_tiles.metrics import predict_classes
-from unet_tiles.modelio import load_model
-from unet_tiles.synth import generate_arrays
-from unet_tiles.train import TrainConfig, train
-from unet_tiles.trainio import Pair
+from unet_tiles.demo.images import demo_model_dir, generate
+from unet_tiles.demo.preview import preview_region, render_preview
+from unet_tiles.demo.score import accuracy
+from unet_tiles.demo.synth import generate_arrays
+from unet_tiles.model.files import load_model
+from unet_tiles.training.data import Pair
+from unet_tiles.training.metrics import predict_classes
+from unet_tiles.training.train import TrainConfig, train
 
 
 def test_preview_region_crosses_a_chunk_corner() -> None:
@@ -47,7 +43,7 @@ def test_preview_draws_labels_and_block_borders() -> None:
 
 @pytest.mark.cluster
 def test_trained_model_round_trips_through_the_segment_pipeline(tmp_path) -> None:
-    from unet_tiles.cli.segment import execute
+    from unet_tiles import segment
 
     torch.set_num_threads(1)
     image, truth = generate_arrays((96, 96), seed=2)
@@ -57,7 +53,7 @@ def test_trained_model_round_trips_through_the_segment_pipeline(tmp_path) -> Non
     train(tmp_path / "model", pairs, [], config)
     model = load_model(tmp_path / "model")
     made = generate(tmp_path / "data", 150, seed=3)
-    execute(str(made.image), str(tmp_path / "out.zarr"), str(tmp_path / "model"),
+    segment(str(made.image), str(tmp_path / "out.zarr"), str(tmp_path / "model"),
             block_size=128, cluster="local", workers=1, progress=False)
     labels = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["labels"][:]
     pixels = zarr.open_array(str(made.image), mode="r")[:]

@@ -34,7 +34,7 @@ from prefect_fixtures import (  # noqa: F401
     using,
 )
 
-from unet_tiles.writer import read_record
+from unet_tiles.pipeline.writer import read_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -53,8 +53,8 @@ def write_image(path: Path, seed: int) -> None:
 
 
 def make_model(path: Path) -> None:
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import save_model
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     save_model(build_unet(UNetConfig(dims=2, in_channels=1, classes=2, depth=2,
                                      base_channels=4), seed=0), path)
@@ -148,7 +148,7 @@ def deployed(prefect_server: PrefectServer,  # noqa: F811
 
 def _complete(output: Path) -> bool:
     record = read_record(str(output))
-    return record is not None and record.get("status") == "complete"
+    return record is not None and record.complete
 
 
 def test_nightly_archive_segments_skips_and_picks_up_new_images(deployed: Deployed) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from unet_tiles.discover import ImageRef, check_done, find_images, is_ignored
+from unet_tiles.archive.discover import ImageRef, find_images, is_ignored
 from unet_tiles.errors import InputError
 
 if TYPE_CHECKING:
@@ -118,31 +118,9 @@ def test_output_url(relative: str, expected: str) -> None:
     assert ImageRef(f"/r/{relative}", relative).output_url("/o/") == expected
 
 
-WANTED = {"model_hash": "m1", "parameters": {"output": "labels", "chunks": [64, 80]},
-          "input": {"fingerprint": "f1"}}
-
-
-@pytest.mark.parametrize(
-    ("stored", "action", "reason"),
-    [
-        (None, "run", "no output yet"),
-        ({**WANTED, "status": "complete"}, "skip", "already segmented"),
-        ({**WANTED, "status": "running"}, "run", "unfinished"),
-        ({**WANTED, "status": "complete", "model_hash": "m0"}, "redo", "model changed"),
-        ({**WANTED, "status": "complete", "parameters": {"output": "both", "chunks": [64, 80]}},
-         "redo", "parameters changed (output)"),
-        ({**WANTED, "status": "complete", "input": {"fingerprint": "f0"}}, "redo", "content"),
-    ],
-)
-def test_check_done(stored: dict[str, object] | None, action: str, reason: str) -> None:
-    check = check_done(stored, WANTED)
-    assert check.action == action
-    assert reason in check.reason
-
-
 def test_reacquired_image_changes_fingerprint(tmp_path: Path) -> None:
     """Same path, new content: the fingerprint (hence the decision) changes."""
-    from unet_tiles.source import fingerprint, open_source
+    from unet_tiles.pipeline.source import fingerprint, open_source
 
     _array(tmp_path / "a.zarr")
     before = fingerprint(open_source(str(tmp_path / "a.zarr")))

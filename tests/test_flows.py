@@ -11,11 +11,11 @@ import pytest
 import zarr
 from prefect_fixtures import PrefectServer, prefect_server, using  # noqa: F401
 
-from flows import api_configured
-from flows.report import ThrottledProgress, artifact_key
-from flows.settings import check_filled, cluster_choice
-from flows.steps import is_transient
 from unet_tiles.errors import BlockFailedError, InputError, UsageError
+from unet_tiles.flows import api_configured
+from unet_tiles.flows.report import ThrottledProgress, artifact_key
+from unet_tiles.flows.settings import check_filled, cluster_choice
+from unet_tiles.flows.steps import is_transient
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,19 +41,20 @@ def test_progress_is_throttled_but_always_reports_the_end() -> None:
         now[0] += 0.5
         progress(done, 10)
     assert sent == [10.0, 50.0, 90.0, 100.0]
+    assert (progress.updates, progress.last_reported) == (4, 100.0)
 
 
 def test_progress_failures_never_fail_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    monkeypatch.setattr("flows.report.get_run_logger", lambda: logging.getLogger("t"))
+    monkeypatch.setattr("unet_tiles.flows.report.get_run_logger", lambda: logging.getLogger("t"))
 
     def broken(_: float) -> None:
         raise ConnectionError("API down")
 
     progress = ThrottledProgress(broken)
     progress(1, 1)
-    assert progress.reported == []
+    assert (progress.updates, progress.last_reported) == (0, None)
 
 
 def test_artifact_keys_are_valid() -> None:
@@ -109,8 +110,8 @@ def _image(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import save_model
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     path = tmp_path_factory.mktemp("model") / "m"
     save_model(build_unet(UNetConfig(dims=2, in_channels=1, classes=2, depth=2,
@@ -133,26 +134,26 @@ def _artifacts(flow_run_id: Any) -> dict[str, Any]:
 def test_segment_image_retries_transient_io_and_reports(
         prefect_server: PrefectServer, model_dir: str, tmp_path: Path,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.segment
-    import flows.steps
-    from unet_tiles.writer import read_record
+    from unet_tiles.engine.run import Run
+    from unet_tiles.flows import segment, steps
+    from unet_tiles.pipeline.writer import read_record
 
     _image(tmp_path / "in.zarr")
     calls = []
-    real_prepare = flows.steps.prepare
+    real_prepare = Run.prepare
 
-    def flaky_prepare(run: Any) -> bool:
+    def flaky_prepare(run: Run) -> Any:
         calls.append(1)
         if len(calls) == 1:
             raise OSError(errno.EIO, "Input/output error (NFS hiccup)")
         return real_prepare(run)
 
-    monkeypatch.setattr(flows.steps, "prepare", flaky_prepare)
+    monkeypatch.setattr(Run, "prepare", flaky_prepare)
     # Same task, no backoff wait in a test.
-    monkeypatch.setattr(flows.segment, "prepare_step",
-                        flows.steps.prepare_step.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(segment, "prepare_step",
+                        steps.prepare_step.with_options(retry_delay_seconds=0))
     with using(prefect_server):
-        state = flows.segment.segment_image(
+        state = segment.segment_image(
             input=str(tmp_path / "in.zarr"), output=str(tmp_path / "out.zarr"),
             model_dir=model_dir, cluster="cpu", workers=1, return_state=True)
         assert state.is_completed(), state.message
@@ -161,7 +162,9 @@ def test_segment_image_retries_transient_io_and_reports(
     assert len(calls) == 2
     assert summary["blocks_done"] == summary["blocks_total"] == 1
     assert summary["pixels"] == 64 * 80
-    assert read_record(str(tmp_path / "out.zarr"))["status"] == "complete"  # type: ignore[index]
+    record = read_record(str(tmp_path / "out.zarr"))
+    assert record is not None
+    assert record.complete
     (row,) = json.loads(artifacts["table"].data)
     assert row["pixels"] == 64 * 80
     assert row["model hash"] == summary["model_hash"][:12]
@@ -173,7 +176,7 @@ def test_segment_image_retries_transient_io_and_reports(
 @pytest.mark.slow
 def test_segment_image_fails_fast_with_the_cli_message(
         prefect_server: PrefectServer, model_dir: str, tmp_path: Path) -> None:  # noqa: F811
-    from flows.segment import segment_image
+    from unet_tiles.flows.segment import segment_image
 
     with using(prefect_server), pytest.raises(InputError) as failure:
         segment_image(input=str(tmp_path / "missing.zarr"), output=str(tmp_path / "o.zarr"),
@@ -187,7 +190,7 @@ def test_segment_image_fails_fast_with_the_cli_message(
 @pytest.mark.slow
 def test_deterministic_block_failure_names_the_block(
         prefect_server: PrefectServer, model_dir: str, tmp_path: Path) -> None:  # noqa: F811
-    from flows.segment import segment_image
+    from unet_tiles.flows.segment import segment_image
 
     _image(tmp_path / "in.zarr")
     (tmp_path / "in.zarr" / "c" / "1" / "0").write_bytes(b"garbage, not zstd")
@@ -198,14 +201,15 @@ def test_deterministic_block_failure_names_the_block(
     assert "block 0.0 (y=0:64, x=0:80)" in str(failure.value)
 
 
-@pytest.mark.parametrize("entry", ["flows.segment:segment_image", "flows.archive:segment_archive"])
+@pytest.mark.parametrize("entry", ["unet_tiles.flows.segment:segment_image",
+                                   "unet_tiles.flows.archive:segment_archive"])
 def test_flow_parameters_follow_segment_request(entry: str) -> None:
     """A SegmentRequest field added or re-defaulted must reach the flows too."""
     import dataclasses
     import importlib
     import inspect
 
-    from unet_tiles.run import SegmentRequest
+    from unet_tiles.engine.run import SegmentRequest
 
     module, name = entry.split(":")
     parameters = inspect.signature(getattr(importlib.import_module(module), name).fn).parameters

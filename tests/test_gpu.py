@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import zarr
-from conftest import reference_logits, softmax, write_zarr
+from helpers import reference_logits, softmax, write_zarr
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,8 +20,7 @@ pytestmark = [
 
 
 def test_cuda_float32_equals_whole_image_and_amp_agrees(tmp_path: Path, make_model: Any) -> None:
-    from unet_tiles.engine import run_serial
-    from unet_tiles.run import SegmentRequest, prepare, validate
+    from unet_tiles.engine.run import SegmentRequest, validate
 
     model = make_model(depth=3, base_channels=8, input_scale=(1 / 255,))
     image = (np.random.default_rng(0).random((300, 411)) * 255).astype("uint8")
@@ -34,8 +33,7 @@ def test_cuda_float32_equals_whole_image_and_amp_agrees(tmp_path: Path, make_mod
                                       output_kind="both", dtype="float32", block_size=128,
                                       device="cuda"))
         run = replace(run, job=replace(run.job, amp=amp))
-        prepare(run)
-        run_serial(run.plan, run.job)
+        run.segment()
         out = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r")
         diff = np.abs(out["probabilities"][...] - expected).max()
         agree = (out["labels"][...] == expected.argmax(0)).mean()
@@ -50,12 +48,12 @@ def test_cuda_float32_equals_whole_image_and_amp_agrees(tmp_path: Path, make_mod
 
 
 def test_local_cluster_is_cuda_with_gpu_resources(tmp_path: Path, make_model: Any) -> None:
-    from unet_tiles.cli.segment import execute
+    from unet_tiles import segment
 
     model = make_model(depth=2)
     image = (np.random.default_rng(1).random((500, 700)) * 255).astype("uint8")
     src = write_zarr(tmp_path / "in.zarr", image, (256, 256))
-    summary = execute(src, str(tmp_path / "out.zarr"), str(model), cluster="local",
+    summary = segment(src, str(tmp_path / "out.zarr"), str(model), cluster="local",
                       progress=False)
     assert summary.blocks_done == summary.blocks_total
     labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]
@@ -64,12 +62,12 @@ def test_local_cluster_is_cuda_with_gpu_resources(tmp_path: Path, make_model: An
 
 
 def test_workers_sharing_one_gpu(tmp_path: Path, make_model: Any) -> None:
-    from unet_tiles.cli.segment import execute
+    from unet_tiles import segment
 
     model = make_model(depth=2)
     image = (np.random.default_rng(2).random((600, 500)) * 255).astype("uint8")
     src = write_zarr(tmp_path / "in.zarr", image, (256, 256))
-    summary = execute(src, str(tmp_path / "out.zarr"), str(model), cluster="cuda",
+    summary = segment(src, str(tmp_path / "out.zarr"), str(model), cluster="cuda",
                       workers=3, block_size=256, progress=False)
     assert summary.blocks_done == summary.blocks_total == 6
     labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unet_tiles.model import UNetConfig, build_unet
+from unet_tiles.model.unet import UNetConfig, build_unet
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -78,7 +78,7 @@ def test_config_checks(changes: dict[str, object], message: str) -> None:
 
 
 def test_class_argmax_equals_torch_argmax_with_ties() -> None:
-    from unet_tiles.predict import class_argmax
+    from unet_tiles.pipeline.predict import class_argmax
 
     generator = torch.Generator().manual_seed(0)
     for classes in (2, 3, 7):

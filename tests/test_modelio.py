@@ -10,8 +10,8 @@ import torch
 
 from unet_tiles import load_model
 from unet_tiles.errors import ModelFormatError
-from unet_tiles.model import UNetConfig, build_unet
-from unet_tiles.modelio import model_hash, save_model
+from unet_tiles.model.files import model_hash, save_model
+from unet_tiles.model.unet import UNetConfig, build_unet
 
 if TYPE_CHECKING:
     from pathlib import Path

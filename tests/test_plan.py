@@ -8,34 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import MODELS, plans
 
-from unet_tiles.model import UNetConfig, build_unet
-from unet_tiles.plan import BlockPlan, make_plan, output_chunks, reflect_indices
-from unet_tiles.plan import block_shape as make_block_shape
-
-MODELS = {
-    (depth, padding): build_unet(UNetConfig(depth=depth, base_channels=1, padding=padding))
-    for depth in (1, 2, 3, 4)
-    for padding in ("valid", "same")
-}
-
-
-@st.composite
-def plans(draw: st.DrawFn) -> BlockPlan:
-    dims = draw(st.sampled_from([2, 3]))
-    lead = draw(st.integers(0, 5 - dims - 1))
-    shape = tuple(draw(st.integers(1, 3)) for _ in range(lead)) + tuple(
-        draw(st.integers(1, 300)) for _ in range(dims)
-    )
-    in_chunks = tuple(draw(st.integers(1, 400)) for _ in shape)
-    block = draw(st.one_of(st.none(), st.integers(16, 700)))
-    model = MODELS[(draw(st.sampled_from([1, 2, 3, 4])), draw(st.sampled_from(["valid", "same"])))]
-    chunks = output_chunks(shape, in_chunks, dims, block)
-    blocks = make_block_shape(shape, chunks, dims, block, 256)
-    tile = draw(st.integers(16, 600))
-    halo = (model.halo[0],) * dims
-    return BlockPlan(shape, chunks, blocks, dims, halo, model.divisor, tile,
-                     model.valid_size(1))
+from unet_tiles.pipeline.plan import BlockPlan, make_plan, output_chunks, reflect_indices
 
 
 @given(plans())

@@ -6,9 +6,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from conftest import write_zarr
+from helpers import write_zarr
 
-from unet_tiles.run import SegmentRequest, _load_model_once, validate
+from unet_tiles.engine.run import SegmentRequest, _load_model_once, validate
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -18,7 +18,7 @@ def test_model_is_loaded_once_and_reloaded_when_its_files_change(
     tmp_path: Path, make_model: Any
 ) -> None:
     from unet_tiles import load_model
-    from unet_tiles.modelio import save_model
+    from unet_tiles.model.files import save_model
 
     model_dir = save_model(load_model(str(make_model(depth=1))), tmp_path / "model")
     src = write_zarr(tmp_path / "in.zarr", np.zeros((40, 40), dtype="uint8"), (20, 20))

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from conftest import reference_logits, softmax, write_zarr
+from helpers import reference_logits, softmax, write_zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unet_tiles.engine import run_serial
-from unet_tiles.run import SegmentRequest, prepare, validate
+from unet_tiles.engine.run import SegmentRequest, validate
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,8 +34,7 @@ def segment_serial(tmp: Path, image: np.ndarray, chunks: tuple[int, ...], model:
     out = tmp / "out.zarr"
     run = validate(SegmentRequest(src, str(out), str(model), output_kind="both",
                                   dtype="float32", overwrite=True, **request))
-    prepare(run)
-    run_serial(run.plan, run.job)
+    run.segment()
     return zarr.open_group(str(out), mode="r")
 
 

@@ -24,22 +24,47 @@ if TYPE_CHECKING:
 PACKAGE = Path(__file__).resolve().parents[1] / "unet_tiles"
 
 
+UNPICKLERS = {"pickle.load", "pickle.loads", "dill.load", "dill.loads", "joblib.load"}
+
+
+def unpickling_calls(source: str) -> list[str]:
+    """Calls that may unpickle: ``pickle.load`` and friends, and ``torch.load`` without
+    ``weights_only=True``, however they were imported (``from torch import load``,
+    ``import torch as th``)."""
+    tree = ast.parse(source)
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        head, _, rest = ast.unparse(node.func).partition(".")
+        name = aliases.get(head, head) + (f".{rest}" if rest else "")
+        safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
+                   and k.value.value is True for k in node.keywords)
+        if name in UNPICKLERS or (name == "torch.load" and not safe):
+            found.append(f"{node.lineno} {name}")
+    return found
+
+
+def test_the_unpickling_check_finds_every_spelling() -> None:
+    assert unpickling_calls("from torch import load\nload('m.pt')\n") == ["2 torch.load"]
+    assert unpickling_calls("import torch as th\nth.load('m.pt')\n") == ["2 torch.load"]
+    assert unpickling_calls("from pickle import loads as l\nl(b'')\n") == ["2 pickle.loads"]
+    assert unpickling_calls("import torch\ntorch.load('m.pt', weights_only=True)\n") == []
+    assert unpickling_calls("import json\njson.load(f)\n") == []
+
+
 def test_nothing_in_the_package_unpickles() -> None:
     """No ``torch.load``/``pickle.load`` without ``weights_only=True`` anywhere in unet_tiles."""
-    offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = ast.unparse(node.func)
-            if name in ("pickle.load", "pickle.loads", "dill.load", "joblib.load"):
-                offenders.append(f"{path.name}:{node.lineno} {name}")
-            if name.endswith("torch.load") or (name == "load" and "torch" in path.read_text()):
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
-                           and k.value.value is True for k in node.keywords)
-                if name.endswith("torch.load") and not safe:
-                    offenders.append(f"{path.name}:{node.lineno} {name}")
+    offenders = [f"{path.relative_to(PACKAGE)}:{call}" for path in PACKAGE.rglob("*.py")
+                 for call in unpickling_calls(path.read_text())]
     assert not offenders
 
 
@@ -49,7 +74,7 @@ def test_pickled_weights_are_refused_not_executed(tmp_path: Path,
     import pickle
 
     from unet_tiles.errors import ModelFormatError
-    from unet_tiles.modelio import load_model
+    from unet_tiles.model.files import load_model
 
     model = make_model(classes=2)
     evil = tmp_path / "evil"
@@ -69,7 +94,7 @@ def test_pickled_weights_are_refused_not_executed(tmp_path: Path,
 
 @pytest.mark.cluster
 def test_local_cluster_listens_on_localhost_only() -> None:
-    from unet_tiles.cluster import connect
+    from unet_tiles.engine.cluster import connect
 
     with connect("cpu", workers=1, threads_per_worker=1) as (client, _info):
         info = client.scheduler_info()

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import zarr
-from conftest import reference_logits, softmax, write_zarr
+from helpers import reference_logits, softmax, write_zarr
 
 from unet_tiles.cli import main
-from unet_tiles.run import SegmentRequest, execute, prepare, validate
+from unet_tiles.engine.run import SegmentRequest, validate
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -45,8 +45,7 @@ def test_on_local_cluster_equals_whole_image(tmp_path: Path, make_model: Any, cl
     src = write_zarr(tmp_path / "in.zarr", image, (40, 50))
     run = validate(SegmentRequest(src, str(tmp_path / "out.zarr"), str(model),
                                   output_kind="both", dtype="float32", block_size=64))
-    prepare(run)
-    summary = execute(run, client, progress=False)
+    summary = run.segment(client, progress=False)
     assert summary.blocks_done == len(run.plan) == 3 * 4
     assert summary.pixels == image.size
     out = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
@@ -93,8 +92,7 @@ def test_v2_input_and_fsspec_url(tmp_path: Path, make_model: Any, client: Any,
     for i, url in enumerate([src, f"local://{src}"]):
         out = tmp_path / f"out{i}.zarr"
         run = validate(SegmentRequest(url, str(out), str(model), block_size=64))
-        prepare(run)
-        execute(run, client, progress=False)
+        run.segment(client, progress=False)
         assert (zarr.open_array(str(out / "labels"))[...] == expected).mean() > 0.999
 
 
@@ -118,8 +116,7 @@ def test_ome_zarr_level0_and_axes(tmp_path: Path, make_model: Any, client: Any) 
                                   str(model)))
     assert run.source.axes == "cyx"
     assert run.source.array_path == "0"
-    prepare(run)
-    execute(run, client, progress=False)
+    run.segment(client, progress=False)
     labels = zarr.open_array(str(tmp_path / "o.zarr" / "labels"))
     assert labels.shape == (40, 60)
     assert labels.metadata.dimension_names == ("y", "x")
@@ -225,8 +222,7 @@ def test_overwrite_on_a_warm_cluster_never_writes_through_stale_arrays(
         src = write_zarr(tmp_path / "in.zarr", image, chunks)
         run = validate(SegmentRequest(src, str(out), str(model), block_size=chunks[0],
                                       overwrite=True))
-        prepare(run)
-        execute(run, client, progress=False)
+        run.segment(client, progress=False)
         labels = zarr.open_array(str(out / "labels"))[...]
         assert labels.shape == shape
         expected = softmax(reference_logits(model, image[None])).argmax(0)
@@ -272,7 +268,7 @@ def test_two_local_clusters_in_a_fresh_process(tmp_path: Path) -> None:
     script = tmp_path / "twice.py"
     script.write_text(
         "import os, dask\n"
-        "from unet_tiles.cluster import connect\n"
+        "from unet_tiles.engine.cluster import connect\n"
         "def settings():\n"
         "    env = os.environ.get\n"
         "    return (env('MALLOC_MMAP_THRESHOLD_'), env('MALLOC_ARENA_MAX'),\n"

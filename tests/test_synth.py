@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
+from unet_tiles.demo.synth import SPECS, SynthSpec, generate_arrays, generate_image, render
 from unet_tiles.errors import UsageError
-from unet_tiles.synth import SPECS, SynthSpec, generate_arrays, generate_image, render
 
 
 def test_objects_do_not_depend_on_the_box_they_are_rendered_in() -> None:

@@ -11,14 +11,14 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
-from unet_tiles.augment import AugmentConfig
 from unet_tiles.cli import main
+from unet_tiles.demo.synth import generate_arrays, generate_image
 from unet_tiles.errors import InputError, OutputConflictError
-from unet_tiles.metrics import average_precision, predict_classes, score
-from unet_tiles.modelio import load_model
-from unet_tiles.synth import generate_arrays, generate_image
-from unet_tiles.train import TrainConfig, batch, prepare, train, weighted_loss
-from unet_tiles.trainio import Pair, load_pairs, split_validation
+from unet_tiles.model.files import load_model
+from unet_tiles.training.augment import AugmentConfig
+from unet_tiles.training.data import Pair, load_pairs, split_validation
+from unet_tiles.training.metrics import average_precision, predict_classes, score
+from unet_tiles.training.train import TrainConfig, batch, prepare, train, weighted_loss
 
 
 @pytest.fixture(autouse=True)

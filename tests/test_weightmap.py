@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unet_tiles.errors import UsageError
-from unet_tiles.weightmap import (
+from unet_tiles.training.weightmap import (
     class_weights,
     instances_to_classes,
     separated_objects,

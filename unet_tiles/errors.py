@@ -1,15 +1,29 @@
-"""Errors a user can act on.
+"""Every error unet-tiles raises on purpose, under two roots.
 
-Every error below ``UnetTilesError`` carries a one-line message that names the
-object at fault and what to do about it; ``cli.py`` prints it and exits 2.
-Anything else is an internal failure (exit 1).
+``UnetTilesError``: the request cannot be done as given (bad input, usage, model
+or output). The CLI prints its one line and exits 2; nothing was written that a
+rerun would trust.
+
+``RunFailedError``: the request was valid but the run did not finish (blocks
+failed, images of an archive failed, a disk filled up). The CLI exits 1; what
+was done is kept and a rerun resumes.
+
+Messages name parameters by their Python names in backticks (`` `block_size` ``):
+the front end spells them for its users (``--block-size`` on the command line,
+``block_size`` in a flow run; see ``spell_parameters``).
 """
 
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class UnetTilesError(Exception):
-    """Root of the errors caused by the user's input, models or outputs."""
+    """Root of the errors caused by the user's input, usage, models or outputs (exit 2)."""
 
 
 class InputError(UnetTilesError):
@@ -29,15 +43,59 @@ class OutputConflictError(UnetTilesError):
 
 
 class UsageError(UnetTilesError):
-    """A command-line option or parameter is out of range."""
+    """A parameter is out of range or options contradict each other."""
 
 
-class BlockFailedError(Exception):
-    """Some blocks failed; the rest of the store is complete and resumable.
+class RunFailedError(Exception):
+    """Root of the failures of a valid run (exit 1): what finished is kept."""
 
-    Not a ``UnetTilesError``: the run itself was valid, so the CLI exits 1.
-    """
+
+class BlockFailedError(RunFailedError):
+    """Some blocks failed; the rest of the store is complete and resumable."""
 
     def __init__(self, message: str, failures: list[dict[str, object]]) -> None:
         super().__init__(message)
         self.failures = failures
+
+
+class DiskFullError(RunFailedError):
+    """The output's disk or quota is full."""
+
+
+class ArchiveFailedError(RunFailedError):
+    """Some images of an archive failed; every other image was segmented or skipped.
+
+    ``outcomes`` are the archive's per-image outcomes (``flows.archive.Outcome``).
+    """
+
+    def __init__(self, message: str, outcomes: list[object]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+
+_PARAMETER = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def spell_parameters(message: str, spell: Callable[[str], str | None]) -> str:
+    """``message`` with each `` `name` `` replaced by ``spell(name)`` (kept where None)."""
+
+    def replace(match: re.Match[str]) -> str:
+        spelled = spell(match.group(1))
+        return match.group(0) if spelled is None else spelled
+
+    return _PARAMETER.sub(replace, message)
+
+
+__all__ = [
+    "ArchiveFailedError",
+    "BlockFailedError",
+    "DiskFullError",
+    "InputError",
+    "InputIncompleteError",
+    "ModelFormatError",
+    "OutputConflictError",
+    "RunFailedError",
+    "UnetTilesError",
+    "UsageError",
+    "spell_parameters",
+]

@@ -1,9 +1,11 @@
 """The ``unet-tiles`` command.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and
-``run(args) -> int``. Heavy libraries (torch, distributed, prefect) are imported
-inside ``run`` so ``--help`` stays fast. Errors derived from ``UnetTilesError``
-become one line on stderr and exit status 2; anything else exits 1.
+``run(args) -> int``; options several commands share are in ``options``. Heavy
+libraries (torch, distributed, prefect) are imported inside ``run`` so ``--help``
+stays fast. Errors derived from ``UnetTilesError`` become one line on stderr and
+exit status 2, a ``RunFailedError`` one line and exit 1, anything else a
+traceback and exit 1. Messages name parameters as the command's flags.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from unet_tiles import __version__
-from unet_tiles.errors import BlockFailedError, UnetTilesError
+from unet_tiles.cli.options import flag_for
+from unet_tiles.errors import RunFailedError, UnetTilesError, spell_parameters
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -36,14 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"unet_tiles.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"unet_tiles.cli.{name}":
-                raise
-            continue
+        # A command that fails to import is a broken install: let it fail loudly.
+        module = importlib.import_module(f"unet_tiles.cli.{name}")
         sub = module.add_parser(subparsers)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, parser=sub)
     return parser
 
 
@@ -62,18 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("distributed", "dask_cuda"):
             logging.getLogger(name).setLevel(logging.ERROR)
         logging.getLogger("prefect").setLevel(logging.WARNING)
+    spell = flag_for(getattr(args, "parser", None))
     try:
         return int(args.run(args))
     except UnetTilesError as exc:
-        print(f"unet-tiles: error: {exc}", file=sys.stderr)
+        print(f"unet-tiles: error: {spell_parameters(str(exc), spell)}", file=sys.stderr)
         return 2
-    except BlockFailedError as exc:
-        print(f"unet-tiles: {exc}", file=sys.stderr)
+    except RunFailedError as exc:
+        print(f"unet-tiles: {spell_parameters(str(exc), spell)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("unet-tiles: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

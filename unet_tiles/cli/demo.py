@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from unet_tiles.cli.options import (
+    add_cluster_options,
+    add_model,
+    add_no_progress,
+    add_prefect,
+    cluster_options,
+    progress_option,
+)
+
 if TYPE_CHECKING:
     import argparse
 
@@ -19,17 +28,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="unet-tiles-demo", help="where stores and preview go")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated image")
     p.add_argument("--kind", choices=("nuclei", "cells"), default="nuclei")
-    p.add_argument("--model", default=None, metavar="DIR", help="default: the shipped demo model")
+    add_model(p, required=False)
     p.add_argument("--preview", default=None, metavar="PNG", help="default: WORKDIR/preview.png")
     p.add_argument("--block-size", type=int, default=None, metavar="N",
                    help="default: the chunk edge, so the preview crosses block borders")
-    p.add_argument("--cluster", default="local", help="as for 'segment' (default local)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--prefect", action="store_true",
-                   help="run as a tracked Prefect flow (default when a Prefect API is configured)")
+    add_cluster_options(p)
+    add_prefect(p, "run as a tracked Prefect flow run")
     p.add_argument("--generate-only", action="store_true",
                    help="only write WORKDIR/image.zarr and WORKDIR/truth.zarr (training data)")
-    p.add_argument("--no-progress", action="store_true")
+    add_no_progress(p)
     return p
 
 
@@ -48,25 +55,27 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from flows import api_configured
-    from unet_tiles import demo
-    from unet_tiles.cli.segment import execute
+    from unet_tiles.demo.images import MIN_SIZE_PX, demo_chunks, demo_model_dir, generate
+    from unet_tiles.demo.preview import preview_region, write_preview
+    from unet_tiles.demo.score import accuracy
+    from unet_tiles.engine.run import SegmentRequest
     from unet_tiles.errors import UsageError
+    from unet_tiles.flows import api_configured
 
-    if args.size < demo.MIN_SIZE_PX:
-        raise UsageError(f"--size {args.size} is too small for the demo; use at least "
-                         f"{demo.MIN_SIZE_PX}")
+    if args.size < MIN_SIZE_PX:
+        raise UsageError(f"`size` {args.size} is too small for the demo; use at least "
+                         f"{MIN_SIZE_PX}")
     started = time.perf_counter()
     workdir = Path(args.workdir)
-    model = args.model or str(demo.demo_model_dir())
+    model = args.model_dir or str(demo_model_dir())
     print(f"unet-tiles demo: {args.size} x {args.size} synthetic {args.kind} (seed {args.seed})")
     reuse = not args.generate_only and _same_image(workdir, args.size, args.seed, args.kind)
     if reuse:
         image, truth = workdir / "image.zarr", workdir / "truth.zarr"
-        chunk = demo.demo_chunks(args.size)
+        chunk = demo_chunks(args.size)
         print(f"  reused      {image} (same size, seed and kind)")
     else:
-        made = demo.generate(workdir, args.size, args.seed, args.kind)
+        made = generate(workdir, args.size, args.seed, args.kind)
         image, truth, chunk = made.image, made.truth, made.chunk_px
         print(f"  generated   {args.size**2 / 1e6:.1f} Mpx in {made.seconds:.1f} s -> {image} "
               f"(ground truth {truth})")
@@ -74,40 +83,36 @@ def run(args: argparse.Namespace) -> int:
         return 0
     output = workdir / "segmentation.zarr"
     block_size = args.block_size or chunk
+    request = SegmentRequest(input=str(image), output=str(output), model_dir=model,
+                             output_kind="labels", block_size=block_size, overwrite=not reuse)
     # As 'unet-tiles segment': the flow when asked for or when a Prefect API is
-    # configured; otherwise the same steps (unet_tiles.run) without a server,
-    # so the first command on a fresh machine starts no Prefect server.
+    # configured; otherwise the same Run without a server, so the first command
+    # on a fresh machine starts no Prefect server.
     if not (args.prefect or api_configured()):
+        from unet_tiles.engine.run import segment
+
         via = "dask engine"
-        summary = execute(
-            str(image), str(output), model, output_kind="labels", block_size=block_size,
-            cluster=args.cluster, workers=args.workers, overwrite=not reuse,
-            progress=False if args.no_progress else None,
-        )
+        summary = segment(request, progress=progress_option(args), **cluster_options(args))
     else:
-        from flows import allow_slow_server_start
+        from unet_tiles.flows import allow_slow_server_start
 
         allow_slow_server_start()
-        from flows.segment import run_tracked
-        from unet_tiles.run import SegmentRequest
+        from unet_tiles.flows.segment import run_tracked
 
         via = "Prefect flow segment-image"
-        request = SegmentRequest(input=str(image), output=str(output), model_dir=model,
-                                 output_kind="labels", block_size=block_size,
-                                 overwrite=not reuse)
-        summary = run_tracked(request, cluster=args.cluster, workers=args.workers)
+        summary = run_tracked(request, **cluster_options(args))
     print(f"  segmented   {summary.pixels / 1e6:.1f} Mpx in {summary.blocks_done} blocks "
           f"({summary.blocks_skipped} already done) in {summary.seconds:.1f} s = "
           f"{summary.megapixels_per_s:.2f} Mpx/s via the {via} -> {output}")
-    region = demo.preview_region((args.size, args.size), chunk)
+    region = preview_region((args.size, args.size), chunk)
     labels = output / "labels"
-    score = demo.accuracy(labels, truth, region)
+    score = accuracy(labels, truth, region)
     rows, cols = (s.stop - s.start for s in region)
     print(f"  accuracy    foreground IoU {score.iou_foreground:.3f} (whole image); "
           f"AP@0.5 {score.ap50_preview:.3f} on the {rows} x {cols} preview "
           f"({score.objects_preview} {args.kind})")
-    preview = demo.write_preview(args.preview or workdir / "preview.png", image, labels,
-                                 region, chunk)
+    preview = write_preview(args.preview or workdir / "preview.png", image, labels,
+                            region, chunk)
     print(f"  preview     {preview} (image | labels; dashed red: chunk borders every "
           f"{chunk} px, block borders every {args.block_size or chunk} px)")
     print(f"  total       {time.perf_counter() - started:.1f} s")

@@ -25,8 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unet_tiles.model import UNetConfig, build_unet
-    from unet_tiles.modelio import model_hash, save_model
+    from unet_tiles.model.files import model_hash, save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
 
     config = UNetConfig(
         dims=args.dims,

@@ -66,10 +66,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unet_tiles.augment import AugmentConfig
     from unet_tiles.errors import UsageError
-    from unet_tiles.train import TrainConfig, train
-    from unet_tiles.trainio import load_pairs, split_validation
+    from unet_tiles.training.augment import AugmentConfig
+    from unet_tiles.training.data import load_pairs, split_validation
+    from unet_tiles.training.train import TrainConfig, train
 
     if args.threads:
         import torch

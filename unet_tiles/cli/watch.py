@@ -8,15 +8,31 @@ time, on a dask cluster it keeps for its whole life.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from unet_tiles.cli.options import (
+    add_cluster_options,
+    add_prefect,
+    add_request_options,
+    cluster_options,
+    flag_for,
+    request_options,
+)
+
 if TYPE_CHECKING:
     import argparse
 
-    from unet_tiles.discover import ImageRef
+    from unet_tiles.archive.discover import ImageRef
+
+
+# What an arrival event carries (deploy/prefect.yaml maps these to the
+# on-arrival deployment's parameters); the other request options are the
+# deployment's own.
+EVENT_OPTIONS = ("model_dir", "output_kind", "dtype")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,7 +45,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--output-root", required=True, metavar="OUT")
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--quiet-seconds", type=float, default=10.0, metavar="S",
                    help="a store must be complete and unchanged this long (default 10)")
     p.add_argument("--poll", type=float, default=None, metavar="S",
@@ -37,36 +52,33 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "(for NFS/SMB mounts, where file events from other hosts never arrive)")
     p.add_argument("--include-existing", action="store_true",
                    help="also treat images already there at start as arrivals")
-    p.add_argument("--output", dest="output_kind", default="labels",
-                   choices=("labels", "probabilities", "both"))
-    p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-    p.add_argument("--cluster", default="local",
-                   help="without Prefect: local (default), cpu, cuda, or tcp://host:port")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--prefect", action="store_true",
-                   help="emit events even if PREFECT_API_URL is not set in the environment "
-                   "(it must then be set in the active Prefect profile)")
+    add_request_options(p)
+    add_cluster_options(p)
+    add_prefect(p, "emit an event per arrival for the on-arrival deployment")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows import api_configured
-    from unet_tiles.arrival import watch
+    from unet_tiles.archive.arrival import watch
     from unet_tiles.errors import UsageError
+    from unet_tiles.flows import api_configured
 
     if args.quiet_seconds <= 0:
-        raise UsageError(f"--quiet-seconds must be positive, got {args.quiet_seconds}")
+        raise UsageError(f"`quiet_seconds` must be positive, got {args.quiet_seconds}")
     if args.poll is not None and args.poll <= 0:
-        raise UsageError(f"--poll must be positive, got {args.poll}")
+        raise UsageError(f"`poll` must be positive, got {args.poll}")
+    options = request_options(args)
+    via_prefect = args.prefect or api_configured()
+    if via_prefect:
+        _check_event_options(args.parser, options)
     stop = threading.Event()
     # SIGTERM (systemd, kill, a test's teardown) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    options = {"model_dir": args.model, "output_kind": args.output_kind, "dtype": args.dtype}
     common = {"quiet_s": args.quiet_seconds, "poll_interval_s": args.poll,
               "exclude": [args.output_root], "include_existing": args.include_existing,
               "stop": stop, "on_ready": lambda: print(f"watching {args.root}", flush=True)}
     try:
-        if args.prefect or api_configured():
+        if via_prefect:
             watch(args.root, _emitter(args, options), **common)
         else:
             with _InProcess(args, options) as segment_one:
@@ -77,12 +89,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_event_options(parser: argparse.ArgumentParser, options: dict[str, Any]) -> None:
+    from unet_tiles.errors import UsageError
+
+    for name, value in options.items():
+        if name not in EVENT_OPTIONS and value != parser.get_default(name):
+            raise UsageError(
+                f"`{name}` is not carried by arrival events; set it among the on-arrival "
+                "deployment's parameters (deploy/prefect.yaml) instead"
+            )
+
+
 def _emitter(args: argparse.Namespace, options: dict[str, Any]) -> Any:
-    from flows.watch import emit_arrival
+    from unet_tiles.flows.watch import emit_arrival
+
+    payload = {name: options[name] for name in EVENT_OPTIONS}
 
     def on_arrival(image: ImageRef) -> None:
         output = image.output_url(args.output_root)
-        emit_arrival(image.url, image.relative, {"output": output, **options})
+        emit_arrival(image.url, image.relative, {"output": output, **payload})
         print(f"arrived  {image.relative}: event sent -> {output}", flush=True)
 
     return on_arrival
@@ -94,47 +119,35 @@ class _InProcess:
     def __init__(self, args: argparse.Namespace, options: dict[str, Any]) -> None:
         self.args = args
         self.options = options
-        self._connected: Any = None
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Any:
-        from unet_tiles.cluster import connect
+        from unet_tiles.engine.cluster import connect
 
-        self._connected = connect(self.args.cluster, self.args.workers)
-        self.client, self.info = self._connected.__enter__()
+        self.client, self.info = self._stack.enter_context(connect(**cluster_options(self.args)))
         return self.segment
 
     def __exit__(self, *exc: object) -> None:
-        self._connected.__exit__(*exc)
+        self._stack.close()
 
     def segment(self, image: ImageRef) -> None:
-        from dataclasses import replace
         from pathlib import Path
 
-        from unet_tiles.discover import check_done
-        from unet_tiles.errors import BlockFailedError, UnetTilesError
-        from unet_tiles.lock import output_lock
-        from unet_tiles.run import SegmentRequest, execute, prepare, validate
-        from unet_tiles.writer import read_record
+        from unet_tiles.engine.run import SegmentRequest, validate
+        from unet_tiles.errors import RunFailedError, UnetTilesError, spell_parameters
 
         output = image.output_url(self.args.output_root)
         try:
             Path(output).parent.mkdir(parents=True, exist_ok=True)
-            run = validate(SegmentRequest(input=image.url, output=output, **self.options))
-            check = check_done(read_record(output), run.record)
-            if check.action == "skip":
-                print(f"skipped  {image.relative} ({check.reason})", flush=True)
+            run, decision = validate(
+                SegmentRequest(input=image.url, output=output, **self.options)).unattended()
+            if run is None:
+                print(f"skipped  {image.relative} (output {decision.reason})", flush=True)
                 return
-            if check.action == "redo":
-                run = replace(run, request=replace(run.request, overwrite=True))
-            with output_lock(output):
-                prepare(run)
-                summary = execute(run, self.client, self.info, progress=False)
-        except (UnetTilesError, BlockFailedError) as exc:
+            summary = run.segment(self.client, self.info, progress=False)
+        except (UnetTilesError, RunFailedError) as exc:
             # One bad arrival must not stop the watcher.
-            print(f"FAILED   {image.relative}: {exc}", file=sys.stderr, flush=True)
+            message = spell_parameters(str(exc), flag_for(self.args.parser))
+            print(f"FAILED   {image.relative}: {message}", file=sys.stderr, flush=True)
             return
         print(f"done     {image.relative} -> {output} ({summary.seconds:.1f} s)", flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(0)

@@ -1,0 +1,98 @@
+"""Options that several commands share, declared once, and how errors spell them.
+
+``segment``, ``archive`` and ``watch`` take the same request options (what to
+compute and how) and cluster options (where); ``demo`` and ``bench`` take the
+cluster options too. Each option's ``dest`` is the ``SegmentRequest`` field or
+``connect`` argument it sets, so ``request_options`` and ``cluster_options``
+read them back without a table of names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from unet_tiles.engine.run import OUTPUT_KINDS, PROBABILITY_DTYPES
+
+if TYPE_CHECKING:
+    import argparse
+
+DEVICES = ("auto", "cpu", "cuda")
+# SegmentRequest fields set by add_request_options (model_dir by add_model).
+REQUEST_FIELDS = ("model_dir", "output_kind", "dtype", "block_size", "tile_size", "batch_size",
+                  "axes", "device", "allow_missing_chunks")
+
+
+def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", dest="model_dir", required=required, metavar="DIR",
+                   help="model directory (config.json + weights.safetensors)")
+
+
+def add_request_options(p: argparse.ArgumentParser) -> None:
+    """What to compute and how: the ``SegmentRequest`` fields other than paths."""
+    add_model(p)
+    group = p.add_argument_group("segmentation")
+    group.add_argument("--output", dest="output_kind", default="labels", choices=OUTPUT_KINDS,
+                       help="what to write (default labels)")
+    group.add_argument("--dtype", default="float16", choices=PROBABILITY_DTYPES,
+                       help="dtype of probabilities (default float16)")
+    group.add_argument("--block-size", type=int, default=None, metavar="N",
+                       help="block edge in pixels (a multiple of the output chunks)")
+    group.add_argument("--tile-size", type=int, default=None, metavar="N",
+                       help="target tile output edge in pixels")
+    group.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help="tiles per forward pass (default: 1 on CPU, 8 on GPU)")
+    group.add_argument("--axes", default=None, help="input axes, e.g. yx, cyx, zyx, tczyx")
+    group.add_argument("--device", default="auto", choices=DEVICES)
+    group.add_argument("--allow-missing-chunks", action="store_true",
+                       help="read missing input chunks as the fill value (for stores written "
+                       "without empty chunks); by default a missing chunk fails its block")
+
+
+def add_cluster_options(p: argparse.ArgumentParser, default: str | None = "local") -> None:
+    """Where the blocks run: ``engine.cluster.connect``'s arguments."""
+    group = p.add_argument_group("cluster")
+    group.add_argument("--cluster", default=default,
+                       help="local (default), cpu, cuda, or a scheduler address tcp://host:port")
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="workers of a local cluster")
+    group.add_argument("--threads-per-worker", type=int, default=None, metavar="N")
+
+
+def add_prefect(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--prefect", action="store_true",
+                   help=f"{what}; automatic when PREFECT_API_URL is set, else on Prefect's "
+                   "temporary local server (slower to start)")
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def request_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``SegmentRequest`` fields the request options set."""
+    return {name: getattr(args, name) for name in REQUEST_FIELDS}
+
+
+def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"cluster": args.cluster, "workers": args.workers,
+            "threads_per_worker": args.threads_per_worker}
+
+
+def progress_option(args: argparse.Namespace) -> bool | None:
+    """False with ``--no-progress``, else None: a bar only on a terminal."""
+    return False if args.no_progress else None
+
+
+def flag_for(parser: argparse.ArgumentParser | None) -> Any:
+    """``name -> "--flag"`` for the options of ``parser``: how the CLI spells the
+    parameter names in error messages (``errors.spell_parameters``)."""
+    flags: dict[str, str] = {}
+    if parser is not None:
+        for action in parser._actions:
+            if action.option_strings:
+                flags.setdefault(action.dest, max(action.option_strings, key=len))
+
+    def spell(name: str) -> str:
+        return flags.get(name) or "--" + name.replace("_", "-")
+
+    return spell

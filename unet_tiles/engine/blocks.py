@@ -1,0 +1,275 @@
+"""Run a block plan on a dask cluster: one task per block, bounded in flight.
+
+Each task reads its window, predicts, writes its chunks and done-marker, and
+returns a few numbers; no pixels pass through the client or the scheduler.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from unet_tiles.engine.faults import with_retries
+from unet_tiles.errors import BlockFailedError, DiskFullError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from distributed import Client
+
+    from unet_tiles.pipeline.plan import Block, BlockPlan
+    from unet_tiles.pipeline.source import ImageSource
+    from unet_tiles.pipeline.writer import OutputSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """Everything a worker needs for any block of one run (small and picklable)."""
+
+    source: ImageSource
+    output: OutputSpec
+    model_dir: str
+    model_hash: str
+    batch_size: int | None = None
+    device: str = "auto"
+    torch_threads: int | None = None
+    amp: bool = True
+    run_id: str = ""
+    allow_missing_chunks: bool = False
+
+
+@dataclass
+class RunSummary:
+    pixels: int = 0
+    blocks_total: int = 0
+    blocks_done: int = 0
+    blocks_skipped: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def megapixels_per_s(self) -> float:
+        return self.pixels / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pixels": self.pixels,
+            "blocks_total": self.blocks_total,
+            "blocks_done": self.blocks_done,
+            "blocks_skipped": self.blocks_skipped,
+            "seconds": round(self.seconds, 3),
+            "megapixels_per_s": round(self.megapixels_per_s, 3),
+            "failures": self.failures,
+        }
+
+
+def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
+    """Read + predict + write + mark done, in one worker task."""
+    from unet_tiles.pipeline.predict import cached_model, pick_device, predict_block
+    from unet_tiles.pipeline.window import read_window
+    from unet_tiles.pipeline.writer import write_block
+
+    _set_torch_threads(job)
+    device = pick_device(job.device)
+    started = time.perf_counter()
+    model = cached_model(job.model_dir, job.model_hash, device)
+    name = block.describe(job.output.axes)
+    # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
+    window = with_retries(
+        lambda: read_window(_open_input(job.source, job.run_id), job.source, block,
+                            job.allow_missing_chunks),
+        f"reading {name}", job.source.location)
+    result = predict_block(
+        model, window, block,
+        want_labels=job.output.want_labels,
+        want_probabilities=job.output.want_probabilities,
+        probability_dtype=job.output.probability_dtype,
+        batch_size=job.batch_size, device=device, amp=job.amp,
+    )
+    with_retries(
+        lambda: write_block(_open_output(job.output.url, job.run_id), block, result),
+        f"writing {name}", job.output.url)
+    return {"block": block.index, "pixels": block.write.size,
+            "seconds": time.perf_counter() - started}
+
+
+def warm_worker(job: BlockJob) -> None:
+    """Import torch and load the model on a worker before its first block.
+
+    Run on every worker at the start (``Client.run``), so that the blocks'
+    time is the blocks' work and no block waits on a cold worker.
+    """
+    from unet_tiles.pipeline.predict import cached_model, pick_device
+
+    _set_torch_threads(job)
+    # "cuda:worker" picks the GPU from the task's worker, known only inside a task.
+    if job.device != "cuda:worker":
+        cached_model(job.model_dir, job.model_hash, pick_device(job.device))
+
+
+def _set_torch_threads(job: BlockJob) -> None:
+    import torch
+
+    if job.torch_threads and torch.get_num_threads() != job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+
+
+# Opened arrays are kept per worker process for the blocks of one run. The keys
+# carry the run id, so a store replaced at the same path (an overwritten output,
+# a re-acquired image with other codecs) is opened afresh by the next run, never
+# read or written through stale metadata.
+@functools.lru_cache(maxsize=8)
+def _open_input(source: ImageSource, run_id: str) -> Any:
+    del run_id
+    return source.open()
+
+
+@functools.lru_cache(maxsize=8)
+def _open_output(url: str, run_id: str) -> Any:
+    from unet_tiles.pipeline.writer import open_output
+
+    del run_id
+    return open_output(url)
+
+
+def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None,
+             max_in_flight: int | None = None, progress: bool | None = None,
+             on_block: Callable[[int, int], None] | None = None,
+             retries: int = 0, resources: dict[str, float] | None = None) -> RunSummary:
+    """Submit one task per block not yet done, at most ``max_in_flight`` at a time.
+
+    Failures do not stop the run: every other block finishes, then
+    ``BlockFailedError`` names the failed blocks with their pixel ranges.
+    Transient I/O is retried inside the task (``faults.with_retries``) and a
+    dead worker's blocks are rescheduled by dask, so task-level ``retries``
+    default to 0: rerunning a corrupt chunk's block would fail the same way.
+    """
+    from distributed import as_completed
+
+    started = time.perf_counter()
+    summary = RunSummary(blocks_total=len(plan))
+    todo = []
+    for block in plan:
+        if skip is not None and bool(skip[block.index]):
+            summary.blocks_skipped += 1
+        else:
+            todo.append(block)
+    if max_in_flight is None:
+        threads = sum(client.nthreads().values()) or 1
+        max_in_flight = 2 * threads
+    bar = _progress_bar(len(plan), summary.blocks_skipped, progress)
+    by_key: dict[str, Block] = {}
+    token = uuid.uuid4().hex[:12]
+    pending = iter(todo)
+
+    def submit(block: Block) -> Any:
+        future = client.submit(
+            process_block, job, block, key=f"block-{block.id}-{token}",
+            pure=False, retries=retries, resources=resources,
+        )
+        by_key[future.key] = block
+        return future
+
+    fatal: str | None = None
+    queue = as_completed([submit(b) for b in _take(pending, max_in_flight)])
+    for future in queue:
+        block = by_key.pop(future.key)
+        try:
+            info = future.result()
+            summary.blocks_done += 1
+            summary.pixels += int(info["pixels"])
+        except Exception as exc:
+            summary.failures.append(_failure(block, job, exc))
+            # A full disk or a worker killed again and again fails every next block
+            # the same way: start no more (faults.py), report the cause once.
+            fatal = fatal or _fatal(exc, block, plan, job, client)
+        finally:
+            future.release()
+        if bar is not None:
+            bar.update(1)
+        if on_block is not None:
+            on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
+        for nxt in _take(pending, 0 if fatal else 1):
+            queue.add(submit(nxt))
+    if bar is not None:
+        bar.close()
+    summary.seconds = time.perf_counter() - started
+    if fatal:
+        raise BlockFailedError(fatal, summary.failures)
+    if summary.failures:
+        first = summary.failures[0]
+        raise BlockFailedError(
+            f"{len(summary.failures)} of {summary.blocks_total} blocks failed; first: "
+            f"{first['block']}: {first['error']}. The other blocks are written; fix the "
+            "cause and rerun the same command to do only the failed blocks",
+            summary.failures,
+        )
+    return summary
+
+
+def run_serial(plan: BlockPlan, job: BlockJob, *, skip: Any = None) -> RunSummary:
+    """Run every block in this process, in order: for tests and debugging.
+
+    Same worker function as ``run_plan``, no cluster; errors propagate.
+    """
+    started = time.perf_counter()
+    summary = RunSummary(blocks_total=len(plan))
+    for block in plan:
+        if skip is not None and bool(skip[block.index]):
+            summary.blocks_skipped += 1
+            continue
+        summary.pixels += int(process_block(job, block)["pixels"])
+        summary.blocks_done += 1
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _failure(block: Block, job: BlockJob, exc: BaseException) -> dict[str, Any]:
+    return {
+        "block": block.describe(job.output.axes),
+        "index": list(block.index),
+        "write": block.write.ranges(job.output.axes),
+        "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
+    }
+
+
+def _fatal(exc: BaseException, block: Block, plan: BlockPlan, job: BlockJob,
+           client: Client) -> str | None:
+    """The run-stopping message for a full disk or a repeatedly killed worker, else None."""
+    from unet_tiles.engine.faults import is_killed_worker, memory_hint
+
+    if isinstance(exc, DiskFullError):
+        return str(exc)
+    if is_killed_worker(exc):
+        return memory_hint(exc, block.describe(job.output.axes), plan, job, client)
+    return None
+
+
+def _take(iterator: Any, n: int) -> list[Any]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            break
+    return out
+
+
+def _progress_bar(total: int, initial: int, progress: bool | None) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="block", dynamic_ncols=True, file=sys.stderr)
+
+
+__all__ = ["BlockJob", "RunSummary", "process_block", "run_plan", "run_serial", "warm_worker"]

@@ -1,0 +1,231 @@
+"""Make or join a dask cluster: local CPU, local CUDA, or an existing scheduler.
+
+``dask_cuda`` is imported only on the code path that starts a CUDA cluster,
+so CPU hosts never need it installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from unet_tiles.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from distributed import Client
+
+logger = logging.getLogger(__name__)
+
+# Measured in bench/throughput.py on 2 cores: see bench/README.md.
+DEFAULT_THREADS_PER_WORKER = 1
+
+
+# glibc serves allocations above its mmap threshold (at most 32 MiB) with fresh
+# mmaps, and the Nanny's MALLOC_TRIM_THRESHOLD_=65536 returns freed memory at
+# once: a U-Net's activations (tens of MiB) then page-fault on every forward
+# pass. Keeping them in the heap made CPU workers 20 % faster end to end here
+# (bench/README.md); memory stays bounded by the largest block's working set.
+#
+# Tasks run in a worker's thread, and glibc gives threads other than the main
+# one their own arenas of 64 MiB heaps, which it unmaps as soon as they empty
+# whatever the trim threshold: the same page faults again (up to 7,500 per
+# forward pass of a 780 px tile here, 0 with one arena; bench/worker_overhead.py
+# counts them per block). One arena keeps the tensors in the main heap; a CPU
+# worker has one compute thread, so it costs no lock contention.
+CPU_WORKER_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(512 << 20),
+    "MALLOC_ARENA_MAX": "1",
+}
+
+# Event-loop housekeeping of the clusters started here. A worker samples its
+# threads' stacks every 10 ms for the dashboard's profile, checks its event loop
+# every 20 ms and samples CPU, memory and I/O every 0.5 s; on a machine with as
+# many workers as cores that takes CPU from the model. Measured on 2 cores
+# (bench/worker_overhead.py): a worker's event-loop thread used 2.3 s of CPU in
+# a 27 s run with distributed's defaults, 0.3 s with these. Blocks take
+# seconds, so nothing is lost but the dashboard's profile page and resolution;
+# profile on your own cluster (--cluster tcp://...). The memory monitor (OOM
+# protection) keeps its default.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+}
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the engine needs to know about the cluster it runs on."""
+
+    kind: str
+    workers: int
+    threads_per_worker: int
+    torch_threads: int | None
+    resources: dict[str, float] | None = field(default=None)
+    device: str | None = None
+
+
+def gpus_present() -> int:
+    """Count NVIDIA GPUs without importing torch or CUDA libraries."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def connect(spec: str = "local", workers: int | None = None,
+            threads_per_worker: int | None = None) -> Iterator[tuple[Client, ClusterInfo]]:
+    """Yield a connected ``Client`` and what it runs on; close what was started.
+
+    ``spec``: ``local`` (CUDA if GPUs are present, else CPU), ``cpu``, ``cuda``,
+    or a scheduler address ``tcp://host:port`` / ``tls://host:port``.
+    """
+    if spec == "local":
+        spec = "cuda" if gpus_present() else "cpu"
+    if spec == "cpu":
+        with _local_cpu(workers, threads_per_worker) as connected:
+            yield connected
+    elif spec == "cuda":
+        with _local_cuda(workers, threads_per_worker) as connected:
+            yield connected
+    elif "://" in spec:
+        with _remote(spec) as connected:
+            yield connected
+    else:
+        raise UsageError(
+            f"`cluster` {spec!r} is not one of local, cpu, cuda or a scheduler address "
+            "such as tcp://127.0.0.1:8786"
+        )
+
+
+@contextlib.contextmanager
+def _local_cpu(workers: int | None,
+               threads: int | None) -> Iterator[tuple[Client, ClusterInfo]]:
+    cores = _cpu_count()
+    threads = threads or DEFAULT_THREADS_PER_WORKER
+    workers = workers or max(1, cores // threads)
+    torch_threads = max(1, cores // (workers * threads))
+    with _loopback_cluster(workers, threads, CPU_WORKER_MALLOC) as client:
+        yield client, ClusterInfo("cpu", workers, threads, torch_threads)
+
+
+@contextlib.contextmanager
+def _local_config(worker_environ: dict[str, str] | None = None) -> Iterator[None]:
+    """``LOCAL_CLUSTER_CONFIG`` (and ``worker_environ`` for the worker processes)
+    while a cluster starts: nannies hand the config to their workers, and the
+    scheduler reads it when it starts."""
+    import dask
+
+    # distributed is imported first so its defaults are in dask's config:
+    # leaving config.set() would otherwise drop the whole section.
+    import distributed  # noqa: F401
+
+    config: dict[str, object] = dict(LOCAL_CLUSTER_CONFIG)
+    if worker_environ:
+        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+        environ.update(worker_environ)
+        config["distributed.nanny.pre-spawn-environ"] = environ
+    with dask.config.set(config):
+        yield
+
+
+@contextlib.contextmanager
+def _loopback_cluster(workers: int, threads: int,
+                      worker_environ: dict[str, str] | None = None) -> Iterator[Client]:
+    """A LocalCluster of worker processes listening on 127.0.0.1 only."""
+    from distributed import Client, LocalCluster
+
+    with _local_config(worker_environ), LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        host="127.0.0.1",
+        # Dashboard on loopback only: it shows paths and logs, and has no auth.
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.CRITICAL,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _local_cuda(workers: int | None,
+                threads: int | None) -> Iterator[tuple[Client, ClusterInfo]]:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise UsageError(
+            f"`cluster` cuda needs dask-cuda ({exc}); install it with "
+            "pip install 'unet-tiles[gpu]'"
+        ) from None
+    from distributed import Client
+
+    gpus = gpus_present()
+    if gpus == 0:
+        raise UsageError("`cluster` cuda found no GPU; use `cluster` cpu")
+    threads = threads or 2
+    if workers is not None and workers > gpus:
+        with _shared_gpus(workers, threads, gpus) as connected:
+            yield connected
+        return
+    # Each task claims one unit of GPU; a worker has ``threads`` units so the
+    # next block is read while the current one runs on the device.
+    with _local_config(), LocalCUDACluster(
+        n_workers=workers or gpus,
+        threads_per_worker=threads,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        resources={"GPU": threads},
+        silence_logs=logging.CRITICAL,
+    ) as cluster, Client(cluster) as client:
+        yield client, ClusterInfo("cuda", workers or gpus, threads, None, {"GPU": 1})
+
+
+@contextlib.contextmanager
+def _shared_gpus(workers: int, threads: int,
+                 gpus: int) -> Iterator[tuple[Client, ClusterInfo]]:
+    """More worker processes than GPUs: each worker uses GPU (name mod count).
+
+    A small model outruns one process's reading, decoding and writing of
+    blocks (the GIL and zarr's event loop serialise them); several processes
+    per GPU keep the device fed. dask-cuda pins one worker per GPU, so this
+    is a plain LocalCluster whose tasks pick their GPU by worker name.
+    """
+    with _loopback_cluster(workers, threads) as client:
+        yield client, ClusterInfo("cuda", workers, threads, None, None, "cuda:worker")
+
+
+@contextlib.contextmanager
+def _remote(address: str) -> Iterator[tuple[Client, ClusterInfo]]:
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TypeError) as exc:  # TypeError: tls:// without TLS config (docs/security.md)
+        raise UsageError(
+            f"`cluster` {address}: cannot reach a dask scheduler there ({exc}); "
+            "start one with 'dask scheduler' or check the address"
+        ) from None
+    with client:
+        info = client.scheduler_info()
+        workers = info.get("workers", {})
+        threads = max((w.get("nthreads", 1) for w in workers.values()), default=1)
+        has_gpu = any("GPU" in (w.get("resources") or {}) for w in workers.values())
+        yield client, ClusterInfo(
+            "remote", len(workers), threads, None, {"GPU": 1} if has_gpu else None
+        )

@@ -1,0 +1,335 @@
+"""One image from request to finished store: the only copy of that sequence.
+
+::
+
+    SegmentRequest --validate--> Run --locked()--+-- prepare   decide, then create or resume
+    (what was asked)  (no I/O     (source, plan,  |              the output (provenance.py)
+                       but reads)  job, record)   +-- execute   every block not yet done, on a
+                                                  |              dask client (or in process)
+                                                  +-- finalize  mark the output complete
+
+``Run.locked`` holds the output's run lock (``lock.py``) from prepare to
+finalize; the steps refuse to run outside it. ``Run.segment`` chains the three
+under the lock on a given client, ``segment`` on a cluster it starts or joins.
+The CLI, the Prefect flows (one task per step), the archive, the watcher, the
+demo, the benchmarks and the tests all go through ``Run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unet_tiles import __version__
+from unet_tiles.engine.blocks import BlockJob, RunSummary, run_plan, run_serial, warm_worker
+from unet_tiles.engine.lock import RunLock
+from unet_tiles.errors import InputError, OutputConflictError, UsageError
+from unet_tiles.pipeline import writer
+from unet_tiles.pipeline.plan import block_shape, check_block_size, make_plan, output_chunks
+from unet_tiles.pipeline.provenance import Decision, Provenance
+from unet_tiles.pipeline.repair import repaired_input_resumes
+from unet_tiles.pipeline.source import ImageSource, fingerprint, is_remote, open_source
+from unet_tiles.pipeline.writer import OutputSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from distributed import Client
+
+    from unet_tiles.engine.cluster import ClusterInfo
+    from unet_tiles.model.unet import UNet
+    from unet_tiles.pipeline.plan import BlockPlan
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_KINDS = ("labels", "probabilities", "both")
+PROBABILITY_DTYPES = ("float16", "float32")
+# Defaults measured with bench/throughput.py on 2 CPU cores (bench/README.md).
+DEFAULT_BLOCK = {2: 2048, 3: 128}
+DEFAULT_TILE = {2: 1024, 3: 96}
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """What the user asked for; the CLI and the flows build one of these."""
+
+    input: str
+    output: str
+    model_dir: str
+    output_kind: str = "labels"
+    dtype: str = "float16"
+    block_size: int | None = None
+    tile_size: int | None = None
+    axes: str | None = None
+    overwrite: bool = False
+    batch_size: int | None = None
+    device: str = "auto"
+    # zarr skips writing chunks equal to the fill value by default; such stores
+    # need this, every other store is better served by the "input incomplete" error.
+    allow_missing_chunks: bool = False
+
+    def __post_init__(self) -> None:
+        if self.output_kind not in OUTPUT_KINDS:
+            raise UsageError(f"`output_kind` {self.output_kind!r} must be one of {OUTPUT_KINDS}")
+        if self.dtype not in PROBABILITY_DTYPES:
+            raise UsageError(f"`dtype` {self.dtype!r} must be one of {PROBABILITY_DTYPES}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"`batch_size` must be at least 1, got {self.batch_size}")
+
+
+@dataclass(eq=False)
+class Run:
+    """A validated request: its source, plan, block job and provenance record.
+
+    Made by ``validate``; ``prepare``, ``execute`` and ``finalize`` run inside
+    ``locked()``.
+    """
+
+    request: SegmentRequest
+    source: ImageSource
+    plan: BlockPlan
+    job: BlockJob
+    record: Provenance
+    _lock: RunLock | None = field(default=None, init=False, repr=False)
+
+    @property
+    def output(self) -> str:
+        return self.request.output
+
+    def decide(self) -> Decision:
+        """What to do with the output as it is now: new, skip, resume, redo or refuse."""
+        url = self.output
+        exists = writer.output_exists(url)
+        stored = writer.read_record(url) if exists else None
+        decision = self.record.compare(stored, exists=exists)
+        # A repaired input chunk under only unfinished blocks still resumes (repair.py).
+        if decision.cause == "input" and stored is not None and repaired_input_resumes(
+            url, self.plan, self.source, stored, self.record
+        ):
+            return Decision("resume", "has unfinished blocks over the repaired input", "input")
+        return decision
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Run]:
+        """Hold the output's run lock: a second run on this output refuses (lock.py)."""
+        if self._lock is not None:
+            raise RuntimeError(f"the run on {self.output!r} is already locked")
+        with RunLock(self.output) as lock:
+            self._lock = lock
+            try:
+                yield self
+            finally:
+                self._lock = None
+
+    def prepare(self) -> Decision:
+        """Create the output, or check it may be resumed; the decision taken."""
+        self._check_locked("prepare")
+        decision = self.decide()
+        url = self.output
+        if decision.action in ("skip", "resume"):
+            if decision.cause == "input":
+                writer.write_record(url, self.record)  # the repaired input's fingerprint
+            writer.remove_partial_files(url)
+            return decision
+        if decision.action in ("redo", "refuse"):
+            if not self.request.overwrite:
+                raise OutputConflictError(
+                    f"output {url!r} {decision.reason}; pass `overwrite` to replace it or "
+                    "choose another output path"
+                )
+            logger.info("overwriting %s (it %s)", url, decision.reason)
+            writer.remove_output(url)
+        writer.create_output(self.job.output, self.plan, self.record)
+        return decision
+
+    def execute(self, client: Client | None = None, info: ClusterInfo | None = None, *,
+                progress: bool | None = None,
+                on_block: Callable[[int, int], None] | None = None,
+                **kwargs: Any) -> RunSummary:
+        """Run every block not yet done: on ``client``'s cluster, or here in order
+        when ``client`` is None (the serial mode, for tests and debugging)."""
+        self._check_locked("execute")
+        job = self.job
+        resources = None
+        if info is not None:
+            job = replace(job, torch_threads=info.torch_threads)
+            if info.device is not None and job.device == "auto":
+                job = replace(job, device=info.device)
+            resources = info.resources
+        skip = writer.done_blocks(self.output)
+        if client is None:
+            return run_serial(self.plan, job, skip=skip)
+        if not skip.all():
+            client.run(warm_worker, job)
+        return run_plan(client, self.plan, job, skip=skip, progress=progress,
+                        resources=resources, on_block=on_block, **kwargs)
+
+    def finalize(self) -> None:
+        """Mark the output complete."""
+        self._check_locked("finalize")
+        writer.finalize(self.output)
+
+    def segment(self, client: Client | None = None, info: ClusterInfo | None = None, *,
+                progress: bool | None = None,
+                on_block: Callable[[int, int], None] | None = None) -> RunSummary:
+        """Prepare, execute and finalize under the output's lock."""
+        with self.locked():
+            self.prepare()
+            summary = self.execute(client, info, progress=progress, on_block=on_block)
+            self.finalize()
+            return summary
+
+    def unattended(self) -> tuple[Run | None, Decision]:
+        """How nightly and arrival runs treat the output: ``(None, decision)`` to skip a
+        complete one; the run to do, set to replace an output unet-tiles wrote from
+        another model, parameters or input. An output it did not write is refused."""
+        decision = self.decide()
+        if decision.action == "skip":
+            return None, decision
+        if decision.action == "refuse":
+            raise OutputConflictError(
+                f"output {self.output!r} {decision.reason}; move it away or choose another "
+                "output root"
+            )
+        if decision.action == "redo":
+            return replace(self, request=replace(self.request, overwrite=True)), decision
+        return self, decision
+
+    def _check_locked(self, step: str) -> None:
+        if self._lock is None:
+            raise RuntimeError(f"Run.{step}() runs inside 'with run.locked():'")
+
+
+def validate(request: SegmentRequest) -> Run:
+    """Check everything that can be checked before writing a byte; the run to do."""
+    model, digest = model_and_hash(request.model_dir)
+    config = model.config
+    _check_paths(request.input, request.output)
+    source = open_source(request.input, request.axes, config.in_channels, config.dims)
+    _check_axes(source, config.dims, config.in_channels)
+    out_axes = source.axes.replace("c", "")
+    shape = tuple(source.axis_size(a) for a in out_axes)
+    in_chunks = tuple(source.chunks[source.axes.index(a)] for a in out_axes)
+    if request.block_size is not None:
+        check_block_size(request.block_size, model.divisor)
+    tile = request.tile_size or DEFAULT_TILE[config.dims]
+    if tile < model.divisor:
+        raise UsageError(f"`tile_size` {tile} is below the model's pooling grid {model.divisor}")
+    chunks = output_chunks(shape, in_chunks, config.dims, request.block_size)
+    blocks = block_shape(shape, chunks, config.dims, request.block_size,
+                         DEFAULT_BLOCK[config.dims])
+    plan = make_plan(shape, config.dims, chunks, blocks, model, tile)
+    spec = OutputSpec(
+        url=request.output,
+        axes=out_axes,
+        dims=config.dims,
+        classes=config.classes,
+        class_names=config.class_names,
+        want_labels=request.output_kind in ("labels", "both"),
+        want_probabilities=request.output_kind in ("probabilities", "both"),
+        probability_dtype=request.dtype,
+    )
+    parameters = {
+        "output": request.output_kind,
+        "dtype": request.dtype,
+        "axes": source.axes,
+        "chunks": list(chunks),
+        "block_shape": list(blocks),
+        "tile_out": tile,
+        "allow_missing_chunks": request.allow_missing_chunks,
+    }
+    input_identity = {**source.to_dict(), "fingerprint": fingerprint(source)}
+    job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
+                   model_hash=digest, batch_size=request.batch_size, device=request.device,
+                   run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks)
+    return Run(request, source, plan, job, Provenance(__version__, digest, parameters,
+                                                     input_identity))
+
+
+def model_and_hash(model_dir: str) -> tuple[UNet, str]:
+    """The checked model and its hash, loaded once per process while its files
+    are unchanged: an archive run validates every image against one model."""
+    from unet_tiles.model.files import CONFIG_NAME, WEIGHTS_NAME
+
+    path = Path(model_dir)
+    stamp = []
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            info = (path / name).stat()
+            stamp.append((info.st_mtime_ns, info.st_size))
+        except OSError:
+            stamp.append(None)  # load_model names what is missing
+    return _load_model_once(str(path.resolve()), tuple(stamp))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model_once(model_dir: str, stamp: tuple[Any, ...]) -> tuple[UNet, str]:
+    from unet_tiles.model.files import load_model, model_hash
+
+    del stamp
+    return load_model(model_dir), model_hash(model_dir)
+
+
+def segment(request: SegmentRequest, cluster: str = "local", workers: int | None = None,
+            threads_per_worker: int | None = None, progress: bool | None = None) -> RunSummary:
+    """Validate and run one image on a cluster started or joined for it."""
+    from unet_tiles.engine.cluster import connect
+
+    run = validate(request)
+    with connect(cluster, workers, threads_per_worker) as (client, info):
+        return run.segment(client, info, progress=progress)
+
+
+def _check_paths(input_url: str, output_url: str) -> None:
+    if is_remote(input_url) or is_remote(output_url):
+        if input_url.rstrip("/") == output_url.rstrip("/"):
+            raise OutputConflictError("output is the input; choose another output path")
+        return
+    src = Path(input_url).resolve()
+    dst = Path(output_url).resolve()
+    if src == dst:
+        raise OutputConflictError(f"output {output_url!r} is the input; choose another path")
+    if src in dst.parents:
+        raise OutputConflictError(
+            f"output {output_url!r} is inside the input {input_url!r}; write it elsewhere"
+        )
+    if dst in src.parents:
+        raise OutputConflictError(
+            f"input {input_url!r} is inside the output {output_url!r}; an overwrite would "
+            "delete it; choose another output path"
+        )
+    parent = dst.parent
+    if not parent.exists():
+        raise OutputConflictError(
+            f"output's folder {str(parent)!r} does not exist; create it first"
+        )
+    if not os.access(parent, os.W_OK):
+        raise OutputConflictError(f"output's folder {str(parent)!r} is not writable")
+
+
+def _check_axes(source: ImageSource, dims: int, in_channels: int) -> None:
+    # The channel axis may sit anywhere (window.read_window moves it first), so
+    # only the other axes must end in the model's spatial axes.
+    spatial = "zyx"[3 - dims:]
+    if not source.axes.replace("c", "").endswith(spatial):
+        raise InputError(
+            f"input {source.location!r} has axes {source.axes!r} but the model is {dims}D "
+            f"and needs {','.join(spatial)} last; pass `axes` or use a "
+            f"{'2D' if dims == 3 else '3D'} model"
+        )
+    channels = source.axis_size("c")
+    if channels != in_channels:
+        raise InputError(
+            f"input {source.location!r} has {channels} channel(s) (axes {source.axes!r}) but the "
+            f"model expects {in_channels}; pass `axes` to say which axis is c, or use a model "
+            f"for {channels} channel(s)"
+        )
+
+
+__all__ = ["Run", "SegmentRequest", "segment", "validate"]

@@ -1,0 +1,286 @@
+"""Open input images: zarr v2/v3 arrays, groups and OME-Zarr, local or fsspec.
+
+Everything here checks the input's *metadata* before any pixel is read or any
+buffer allocated, so absurd or hostile metadata is refused cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet_tiles.errors import InputError
+
+if TYPE_CHECKING:
+    import zarr
+
+logger = logging.getLogger(__name__)
+
+AXES_ORDER = "tczyx"
+# One chunk is decompressed whole into memory: refuse chunks larger than this.
+MAX_CHUNK_BYTES = 1 << 30
+# A petabyte of pixels is beyond any archive we expect; larger metadata is hostile or corrupt.
+MAX_IMAGE_BYTES = 1 << 50
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An input array and what it means: axes, shape, dtype, chunks, pixel sizes."""
+
+    url: str
+    array_path: str
+    axes: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    zarr_format: int
+    ome_version: str | None = None
+    pixel_size_um: tuple[float, ...] | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.url}/{self.array_path}" if self.array_path else self.url
+
+    def open(self) -> zarr.Array:
+        """Open the array read-only (cheap: reads metadata only)."""
+        import zarr
+
+        root = zarr.open(store=_store_path(self.url), mode="r", path=self.array_path or None)
+        return root  # type: ignore[return-value]
+
+    def axis_size(self, axis: str) -> int:
+        return self.shape[self.axes.index(axis)] if axis in self.axes else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "array_path": self.array_path,
+            "axes": self.axes,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "chunks": list(self.chunks),
+            "zarr_format": self.zarr_format,
+            "ome_version": self.ome_version,
+            "pixel_size_um": list(self.pixel_size_um) if self.pixel_size_um else None,
+        }
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _store_path(url: str) -> str:
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def _looks_like_zarr(path: Path) -> bool:
+    return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def open_source(url: str, axes: str | None = None, in_channels: int | None = None,
+                model_dims: int | None = None) -> ImageSource:
+    """Resolve ``url`` to one array and its axes, checking metadata limits.
+
+    Args:
+        url: a local path or fsspec URL of a zarr array, group or OME-Zarr image.
+        axes: explicit axes (letters of ``tczyx``), overriding stored names.
+        in_channels: the model's input channels, used to guess unnamed axes.
+        model_dims: 2 or 3, used to guess unnamed axes.
+    """
+    import zarr
+
+    url = str(url)
+    if not is_remote(url):
+        path = Path(_store_path(url))
+        if not path.exists():
+            raise InputError(f"input {url!r} does not exist; check the path")
+        if not path.is_dir():
+            raise InputError(f"input {url!r} is a file, not a zarr store; convert it to zarr first")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise InputError(f"input {url!r} is not readable; check its permissions")
+        if not _looks_like_zarr(path):
+            raise InputError(
+                f"input {url!r} is not a zarr store (no zarr.json, .zarray or .zgroup); "
+                "give the path of a zarr array or OME-Zarr image"
+            )
+    try:
+        node = zarr.open(store=_store_path(url), mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+        raise InputError(f"input {url!r} is not a zarr array or group ({exc})") from None
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise InputError(f"input {url!r} has unreadable zarr metadata ({exc})") from None
+    array_path = ""
+    ome_version: str | None = None
+    ome_axes: str | None = None
+    pixel_size: tuple[float, ...] | None = None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        multiscales, ome_version = _ome_multiscales(attrs)
+        if multiscales:
+            array_path, ome_axes, pixel_size = _ome_level0(multiscales, url)
+            node = node[array_path]
+        else:
+            names = sorted(name for name, _ in node.arrays())
+            if not names:
+                raise InputError(f"input {url!r} is a zarr group with no arrays; give an array")
+            if len(names) > 1:
+                listed = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
+                raise InputError(
+                    f"input {url!r} is a zarr group holding several arrays ({listed}); "
+                    f"pick one as {url.rstrip('/')}/{names[0]}"
+                )
+            array_path = names[0]
+            node = node[array_path]
+    array: Any = node
+    shape = tuple(int(s) for s in array.shape)
+    chunks = tuple(int(c) for c in array.chunks)
+    dtype = np.dtype(array.dtype)
+    _check_metadata(url, shape, chunks, dtype)
+    stored_names = _dimension_names(array)
+    resolved = _resolve_axes(url, shape, axes, ome_axes or stored_names, in_channels, model_dims)
+    return ImageSource(
+        url=url,
+        array_path=array_path,
+        axes=resolved,
+        shape=shape,
+        dtype=dtype.str,
+        chunks=chunks,
+        zarr_format=int(array.metadata.zarr_format),
+        ome_version=ome_version,
+        pixel_size_um=pixel_size,
+    )
+
+
+def _check_metadata(url: str, shape: tuple[int, ...], chunks: tuple[int, ...],
+                    dtype: np.dtype[Any]) -> None:
+    if len(shape) < 2 or len(shape) > 5:
+        raise InputError(
+            f"input {url!r} has {len(shape)} axes {shape}; unet-tiles needs 2 to 5 (of t,c,z,y,x)"
+        )
+    if dtype.kind not in "uif":
+        raise InputError(
+            f"input {url!r} has dtype {dtype}; convert it to an integer or float type "
+            "(bool, complex, string and object pixels cannot be segmented)"
+        )
+    if any(s == 0 for s in shape):
+        raise InputError(f"input {url!r} is empty (shape {shape}); there is nothing to segment")
+    if any(c <= 0 for c in chunks):
+        raise InputError(f"input {url!r} has invalid chunk shape {chunks}")
+    chunk_bytes = int(np.prod(chunks, dtype=object)) * dtype.itemsize
+    if chunk_bytes > MAX_CHUNK_BYTES:
+        raise InputError(
+            f"input {url!r} declares chunks of {chunks} = {chunk_bytes / 2**30:.1f} GiB each "
+            f"(limit {MAX_CHUNK_BYTES >> 30} GiB); rechunk the input"
+        )
+    image_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if image_bytes > MAX_IMAGE_BYTES:
+        raise InputError(
+            f"input {url!r} declares shape {shape} = {image_bytes / 2**50:.0f} PiB; "
+            "the metadata is corrupt or hostile"
+        )
+
+
+def _dimension_names(array: Any) -> str | None:
+    names = getattr(array.metadata, "dimension_names", None)
+    if not names or any(n is None for n in names):
+        return None
+    joined = "".join(str(n).lower() for n in names)
+    if all(len(str(n)) == 1 for n in names) and len(set(joined)) == len(joined) and all(
+        c in AXES_ORDER for c in joined
+    ):
+        return joined
+    return None
+
+
+def _resolve_axes(url: str, shape: tuple[int, ...], given: str | None, stored: str | None,
+                  in_channels: int | None, model_dims: int | None) -> str:
+    ndim = len(shape)
+    if given is not None:
+        axes = given.lower()
+        if len(set(axes)) != len(axes) or any(c not in AXES_ORDER for c in axes):
+            raise InputError(
+                f"`axes` {given!r} must use each of the letters t,c,z,y,x at most once"
+            )
+        if len(axes) != ndim:
+            raise InputError(
+                f"`axes` {given!r} names {len(axes)} axes but input {url!r} has {ndim} {shape}"
+            )
+    elif stored is not None:
+        axes = stored
+    elif ndim == 2:
+        axes = "yx"
+    elif ndim == 3:
+        channels_first = in_channels is not None and in_channels > 1 and shape[0] == in_channels
+        axes = "cyx" if channels_first or (model_dims == 2 and shape[0] <= 4) else "zyx"
+    elif ndim == 4:
+        axes = "czyx"
+    else:
+        axes = "tczyx"
+    if not axes.endswith("yx"):
+        raise InputError(
+            f"input {url!r} has axes {axes!r}; the last two must be y and x (pass `axes`)"
+        )
+    return axes
+
+
+def _ome_multiscales(attrs: dict[str, Any]) -> tuple[list[Any] | None, str | None]:
+    if isinstance(attrs.get("ome"), dict) and "multiscales" in attrs["ome"]:
+        return attrs["ome"]["multiscales"], str(attrs["ome"].get("version", "0.5"))
+    if "multiscales" in attrs:
+        ms = attrs["multiscales"]
+        version = ms[0].get("version", "0.4") if isinstance(ms, list) and ms else "0.4"
+        return ms, str(version)
+    return None, None
+
+
+def _ome_level0(
+    multiscales: list[Any], url: str
+) -> tuple[str, str | None, tuple[float, ...] | None]:
+    try:
+        first = multiscales[0]
+        dataset = first["datasets"][0]
+        path = str(dataset["path"])
+        axes_meta = first.get("axes")
+        axes = None
+        if axes_meta:
+            axes = "".join(
+                (a["name"] if isinstance(a, dict) else str(a)).lower() for a in axes_meta
+            )
+            if any(c not in AXES_ORDER for c in axes) or len(set(axes)) != len(axes):
+                axes = None
+        scale = None
+        for transform in dataset.get("coordinateTransformations", []):
+            if transform.get("type") == "scale":
+                scale = tuple(float(s) for s in transform["scale"])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"input {url!r} has malformed OME-Zarr multiscales metadata ({exc})"
+        ) from None
+    return path, axes, scale
+
+
+def fingerprint(source: ImageSource) -> str:
+    """Identity of the input's content: its metadata plus every chunk file's size and mtime.
+
+    Cheap for gigapixel images (no pixel is read) yet changes whenever an image
+    is re-acquired or edited in place at the same path.
+    """
+    import fsspec
+
+    digest = hashlib.sha256(json.dumps(source.to_dict(), sort_keys=True).encode())
+    location = _store_path(source.location)
+    fs, root = fsspec.core.url_to_fs(location)
+    entries = fs.find(root, detail=True)
+    for name in sorted(entries):
+        info = entries[name]
+        rel = name[len(root) :] if name.startswith(root) else name
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or ""
+        digest.update(f"{rel}\0{info.get('size')}\0{mtime}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,133 @@
+"""Read a block's input window from zarr, mirrored where it leaves the image.
+
+Invariant 6: a chunk that is missing from the store is an error, never read as
+fill value and segmented as background.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet_tiles.errors import InputIncompleteError
+from unet_tiles.pipeline.plan import Block, reflect_indices
+
+if TYPE_CHECKING:
+    import zarr
+
+    from unet_tiles.pipeline.source import ImageSource
+
+
+def chunk_keys(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
+    """Store keys of the chunks (or shards) that ``region`` of ``array`` touches."""
+    grid = getattr(array, "shards", None) or array.chunks
+    ranges = [
+        range(s.start // g, -(-s.stop // g)) for s, g in zip(region, grid, strict=True)
+    ]
+    prefix = array.store_path.path
+    keys = []
+    for coords in itertools.product(*ranges):
+        key = array.metadata.encode_chunk_key(coords)
+        keys.append(f"{prefix}/{key}" if prefix else key)
+    return keys
+
+
+def missing_chunks(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
+    from zarr.core.sync import sync
+
+    store = array.store_path.store
+
+    async def check() -> list[str]:
+        return [key for key in chunk_keys(array, region) if not await store.exists(key)]
+
+    return sync(check())  # type: ignore[no-any-return]
+
+
+def input_region(source: ImageSource, block: Block) -> tuple[tuple[slice, ...], list[np.ndarray]]:
+    """The input region a block reads, and per spatial axis the mirrored
+    indices into it that make up the read window."""
+    out_axes = source.axes.replace("c", "")
+    lead = len(out_axes) - block.dims
+    region: list[slice] = []
+    takes: list[np.ndarray] = []
+    for axis in source.axes:
+        n = source.axis_size(axis)
+        if axis == "c":
+            region.append(slice(0, n))
+            continue
+        k = out_axes.index(axis)
+        start, end = block.read.offset[k], block.read.end[k]
+        if k < lead:
+            region.append(slice(start, end))
+            continue
+        index = reflect_indices(start, end, n)
+        lo, hi = int(index.min()), int(index.max()) + 1
+        region.append(slice(lo, hi))
+        takes.append(index - lo)
+    return tuple(region), takes
+
+
+NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
+
+
+def read_window(array: zarr.Array, source: ImageSource, block: Block,
+                allow_missing_chunks: bool = False) -> np.ndarray:
+    """The block's read window ``(C, *spatial)``, mirror-extrapolated.
+
+    The dtype is the input's for uint8, int16 and float32, else float32.
+
+    Only the part of the image the mirrored indices touch is read, so memory
+    is the window's size even when it is far larger than a tiny image.
+    """
+    region_t, takes = input_region(source, block)
+    missing = [] if allow_missing_chunks else missing_chunks(array, region_t)
+    if missing:
+        raise InputIncompleteError(
+            f"input incomplete: chunk(s) {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''} of {source.location} are missing; "
+            "wait for the copy to finish or restore them and rerun (if the store omits "
+            "chunks equal to its fill value, pass `allow_missing_chunks`)"
+        )
+    try:
+        data: Any = array[region_t]
+    except OSError:
+        raise  # transient I/O: the engine retries it (faults.py); not the input's fault
+    except Exception as exc:  # a codec error names no chunk; say which region failed
+        raise InputIncompleteError(
+            f"input unreadable: {source.location} region "
+            f"{[(s.start, s.stop) for s in region_t]} could not be decoded ({exc}); "
+            "repair the input chunk(s) and rerun"
+        ) from exc
+    data = np.asarray(data)
+    # Drop the iterated (t / z-for-2D) axes, each of extent 1 in a block, and
+    # bring channels first.
+    spatial_axes = source.axes.replace("c", "")[-block.dims:]
+    keep = [source.axes.index(a) for a in spatial_axes]
+    channel = source.axes.index("c") if "c" in source.axes else None
+    order = ([channel] if channel is not None else []) + keep
+    drop = [i for i in range(data.ndim) if i not in order]
+    data = data.transpose(order + drop).reshape(
+        [data.shape[i] for i in order]
+    ) if drop else data.transpose(order)
+    if channel is None:
+        data = data[np.newaxis]
+    inside = all(
+        len(take) == extent and take[0] == 0 and take[-1] == extent - 1
+        and (extent < 2 or bool((np.diff(take) == 1).all()))
+        for take, extent in zip(takes, data.shape[1:], strict=True)
+    )
+    # Inside the image the window is the data as read; only at the border do
+    # the mirrored indices need a (costlier) gather.
+    window = data if inside else data[(slice(None), *np.ix_(*takes))]
+    # uint8 and int16 travel as they are (a quarter / half of float32's bytes
+    # to a GPU) and become float32 on the device; the model's forward sees
+    # float32 either way.
+    dtype = window.dtype if window.dtype in NATIVE_DTYPES else np.dtype(np.float32)
+    window = np.ascontiguousarray(window, dtype=dtype)
+    if window.dtype.kind == "f" and not np.isfinite(window).all():
+        # Documented policy: NaN and +-Inf pixels are read as 0 so no NaN
+        # reaches the output; the same rule holds for every tile and block.
+        np.nan_to_num(window, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return window
