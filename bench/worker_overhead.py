@@ -21,7 +21,6 @@ counts that do not drift with the load of a shared machine, as timings do.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -35,13 +34,13 @@ from typing import TYPE_CHECKING
 from common import bench_model, synthetic_input, workdir
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     from distributed import Client
 
     from unet_tiles.engine.blocks import BlockJob
-    from unet_tiles.engine.run import PreparedRun
+    from unet_tiles.engine.run import Run
     from unet_tiles.pipeline.plan import Block
 
 
@@ -75,27 +74,14 @@ def _blocks_on_a_thread(job: BlockJob, blocks: list[Block]) -> int:
     return faults[0]
 
 
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _fresh(work: Path, src: str, model_dir: str) -> PreparedRun:
-    from unet_tiles.engine.run import SegmentRequest, prepare, validate
+def _fresh(work: Path, src: str, model_dir: str) -> Run:
+    from unet_tiles.engine.run import SegmentRequest, validate
 
     out = work / "out.zarr"
     shutil.rmtree(out, ignore_errors=True)
     run = validate(SegmentRequest(src, str(out), model_dir))
-    prepare(run)
+    with run.locked():
+        run.prepare()
     return run
 
 
@@ -105,30 +91,32 @@ Measured = tuple[float, int, float | None]
 
 
 def pool_mode(target: Callable[[BlockJob, list[Block]], int], environ: dict[str, str],
-              run: PreparedRun, cores: int) -> Measured:
+              run: Run, cores: int) -> Measured:
     """``cores`` spawned processes doing every block, models loaded beforehand."""
     from unet_tiles.engine.blocks import warm_worker
 
     job = replace(run.job, torch_threads=1)
     blocks = list(run.plan)
-    with _environ(environ), mp.get_context("spawn").Pool(cores) as pool:
+    from unet_tiles.engine.benchmark import environ as set_environ
+
+    with set_environ(environ), mp.get_context("spawn").Pool(cores) as pool:
         pool.map(warm_worker, [job] * cores)
         started = time.perf_counter()
         faults = pool.starmap(target, [(job, blocks[k::cores]) for k in range(cores)])
         return time.perf_counter() - started, sum(faults), None
 
 
-def dask_mode(product_cluster: bool, run: PreparedRun, cores: int) -> Measured:
+def dask_mode(product_cluster: bool, run: Run, cores: int) -> Measured:
     """The engine's blocks phase on a LocalCluster, models loaded beforehand."""
     from unet_tiles.engine.blocks import warm_worker
     from unet_tiles.engine.cluster import CPU_WORKER_MALLOC, ClusterInfo, connect
-    from unet_tiles.engine.run import execute
 
     def measure(client: Client, info: ClusterInfo) -> Measured:
         client.run(warm_worker, replace(run.job, torch_threads=info.torch_threads))
         before = client.run(_minor_faults)
         loop_before = client.run(_main_thread_cpu)
-        seconds = execute(run, client, info, progress=False).seconds
+        with run.locked():
+            seconds = run.execute(client, info, progress=False).seconds
         loop = client.run(_main_thread_cpu)
         after = client.run(_minor_faults)
         return (seconds, sum(after[w] - before[w] for w in after),
@@ -161,7 +149,7 @@ def main() -> None:
     model_dir = bench_model(args.model, work)
     src = synthetic_input(work, args.size)
     arenas = {k: v for k, v in CPU_WORKER_MALLOC.items() if k != "MALLOC_ARENA_MAX"}
-    modes: list[tuple[str, Callable[[PreparedRun], Measured]]] = [
+    modes: list[tuple[str, Callable[[Run], Measured]]] = [
         ("processes, main thread", lambda r: pool_mode(
             _blocks_on_main_thread, CPU_WORKER_MALLOC, r, cores)),
         ("processes, a thread, default arenas", lambda r: pool_mode(

@@ -22,7 +22,7 @@ ALLOWED = {
     "engine": {"errors", "model", "pipeline"},
     "archive": {"errors", "pipeline"},
     "training": {"errors", "model"},
-    "demo": {"errors", "model", "training"},
+    "demo": {"errors", "model", "pipeline", "training"},
     "flows": {"errors", "model", "pipeline", "engine", "archive"},
     "cli": {"errors", "model", "pipeline", "engine", "archive", "training", "demo", "flows"},
     "__init__": {"model", "engine"},

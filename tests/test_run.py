@@ -1,4 +1,4 @@
-"""validate(): the model is loaded once per process while its files are unchanged."""
+"""The Run: validation, the lock around its steps, and its decisions on existing outputs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pytest
+import zarr
 from helpers import write_zarr
 
 from unet_tiles.engine.run import SegmentRequest, _load_model_once, validate
+from unet_tiles.errors import OutputConflictError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,3 +38,78 @@ def test_model_is_loaded_once_and_reloaded_when_its_files_change(
     os.utime(model_dir / "weights.safetensors", ns=(1, 1))  # a new stamp even within one tick
     assert validate(request).job.model_hash != first.job.model_hash
     assert _load_model_once.cache_info().misses == loads + 1
+
+
+def _request(tmp_path: Path, make_model: Any, **options: Any) -> SegmentRequest:
+    image = (np.random.default_rng(0).random((70, 90)) * 255).astype("uint8")
+    src = write_zarr(tmp_path / "in.zarr", image, (32, 32))
+    return SegmentRequest(src, str(tmp_path / "out.zarr"), str(make_model()), block_size=32,
+                          **options)
+
+
+def test_steps_run_only_under_the_lock(tmp_path: Path, make_model: Any) -> None:
+    run = validate(_request(tmp_path, make_model))
+    for step in (run.prepare, run.execute, run.finalize):
+        with pytest.raises(RuntimeError, match=r"inside 'with run\.locked\(\):'"):
+            step()
+    assert not (tmp_path / "out.zarr").exists()
+    with run.locked():
+        with pytest.raises(RuntimeError, match="already locked"), run.locked():
+            pass
+        assert run.prepare().action == "new"
+        summary = run.execute()  # no client: the serial engine, in this process
+        run.finalize()
+    assert (summary.blocks_done, summary.blocks_total) == (9, 9)
+    assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["unet_tiles"][
+        "status"] == "complete"
+
+
+def test_decisions_on_an_existing_output(tmp_path: Path, make_model: Any) -> None:
+    request = _request(tmp_path, make_model)
+    run = validate(request)
+    assert run.decide().action == "new"
+    with run.locked():
+        run.prepare()
+        run.execute()  # not finalized: an unfinished run
+    assert run.decide().action == "resume"
+    assert validate(request).segment().blocks_skipped == 9
+    assert validate(request).decide().action == "skip"
+    other = validate(_request(tmp_path, make_model, output_kind="both"))
+    decision = other.decide()
+    assert (decision.action, decision.cause) == ("redo", "parameters")
+    with other.locked(), pytest.raises(OutputConflictError,
+                                       match=r"other parameters \(output\); pass `overwrite`"):
+        other.prepare()
+
+
+def test_unattended_runs_skip_redo_and_refuse(tmp_path: Path, make_model: Any) -> None:
+    request = _request(tmp_path, make_model)
+    validate(request).segment()
+    skipped, decision = validate(request).unattended()
+    assert skipped is None
+    assert decision.action == "skip"
+    redo, decision = validate(_request(tmp_path, make_model, output_kind="both")).unattended()
+    assert redo is not None
+    assert (decision.action, redo.request.overwrite) == ("redo", True)
+    assert redo.segment().blocks_done == 9
+    assert "probabilities" in zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    foreign = tmp_path / "foreign.zarr"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone else's")
+    run = validate(SegmentRequest(request.input, str(foreign), request.model_dir))
+    with pytest.raises(OutputConflictError, match="not written by unet-tiles; move it away"):
+        run.unattended()
+    assert (foreign / "notes.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"output_kind": "edges"}, "`output_kind` 'edges' must be one of"),
+        ({"dtype": "int8"}, "`dtype` 'int8' must be one of"),
+        ({"batch_size": 0}, "`batch_size` must be at least 1, got 0"),
+    ],
+)
+def test_requests_name_their_parameters(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        SegmentRequest("in.zarr", "out.zarr", "model", **options)

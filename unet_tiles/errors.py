@@ -19,7 +19,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 
 class UnetTilesError(Exception):
@@ -68,7 +68,7 @@ class ArchiveFailedError(RunFailedError):
     ``outcomes`` are the archive's per-image outcomes (``flows.archive.Outcome``).
     """
 
-    def __init__(self, message: str, outcomes: list[object]) -> None:
+    def __init__(self, message: str, outcomes: Sequence[object]) -> None:
         super().__init__(message)
         self.outcomes = outcomes
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"`size` {args.size} is too small to measure; use at least 64")
     if args.seconds <= 0 or args.rounds < 1:
         raise UsageError("`seconds` must be positive and `rounds` at least 1")
-    targets = benchmark.TILE_TARGETS
+    targets: tuple[int, ...] = benchmark.TILE_TARGETS
     if args.tiles:
         try:
             targets = tuple(int(t) for t in args.tiles.split(","))

@@ -28,7 +28,7 @@ PREVIEW_PX = 512
 def open_zarr(path: str | os.PathLike[str], name: str | None = None) -> Any:
     import zarr
 
-    node = zarr.open(str(path), mode="r")
+    node: Any = zarr.open(str(path), mode="r")
     return node[name] if name is not None else node
 
 

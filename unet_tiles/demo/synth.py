@@ -27,16 +27,15 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unet_tiles.errors import UsageError
+from unet_tiles.pipeline.geometry import Box
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-
-Box = tuple[tuple[int, ...], tuple[int, ...]]
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: a bijective, well-mixed hash of uint64 values."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    return np.asarray(x ^ (x >> np.uint64(31)))
 
 
 def _uniform(seed: int, cells: Sequence[np.ndarray], stream: int) -> np.ndarray:
@@ -286,11 +285,11 @@ def render(spec: SynthSpec, seed: int, offset: Sequence[int], shape: Sequence[in
 
 
 def _chunk_boxes(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[Box]:
+    image = Box.of_shape(shape)
     counts = [-(-s // c) for s, c in zip(shape, chunks, strict=True)]
     for index in itertools.product(*(range(n) for n in counts)):
         offset = tuple(i * c for i, c in zip(index, chunks, strict=True))
-        size = tuple(min(c, s - o) for o, c, s in zip(offset, chunks, shape, strict=True))
-        yield offset, size
+        yield Box(offset, tuple(chunks)).intersect(image)
 
 
 def generate_image(
@@ -327,18 +326,17 @@ def generate_image(
     chunks = tuple(int(c) for c in chunks) if chunks else (default,) * len(shape)
     chunks = tuple(min(c, s) for c, s in zip(chunks, shape, strict=True))
     names = ("y", "x") if len(shape) == 2 else ("z", "y", "x")
-    attrs = {"unet_tiles_synth": {"seed": seed, "kind": kind, "shape": list(shape)}}
+    attrs: dict[str, Any] = {"unet_tiles_synth": {"seed": seed, "kind": kind,
+                                                  "shape": list(shape)}}
     image = zarr.create_array(str(image_path), shape=shape, chunks=chunks, dtype=dtype,
                               dimension_names=names, overwrite=True, attributes=attrs)
     truth = zarr.create_array(str(truth_path), shape=shape, chunks=chunks, dtype="uint32",
                               dimension_names=names, overwrite=True, attributes=attrs)
 
     def one(box: Box) -> None:
-        offset, size = box
-        pixels, labels = render(spec, seed, offset, size, shape, dtype)
-        where = tuple(slice(o, o + n) for o, n in zip(offset, size, strict=True))
-        image[where] = pixels
-        truth[where] = labels
+        pixels, labels = render(spec, seed, box.offset, box.shape, shape, dtype)
+        image[box.to_slices()] = pixels
+        truth[box.to_slices()] = labels
 
     # numpy releases the GIL in its array loops, so threads render in parallel
     # while each holds only its own chunk.

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
 TILE_TARGETS = (256, 384, 512, 600, 688, 768, 1024, 1536, 2048)
@@ -57,18 +58,25 @@ def parallel_rate(model_dir: str, size_in: int, processes: int, threads: int,
     malloc settings of the workers unet-tiles starts (the engine's own conditions)."""
     from unet_tiles.engine.cluster import CPU_WORKER_MALLOC
 
-    saved = {name: os.environ.get(name) for name in CPU_WORKER_MALLOC}
-    os.environ.update(CPU_WORKER_MALLOC)  # spawned children read it at start
+    # Spawned children read the allocator settings when they start.
+    with environ(CPU_WORKER_MALLOC), mp.get_context("spawn").Pool(processes) as pool:
+        rates = pool.starmap(tile_rate, [(model_dir, size_in, threads, seconds)] * processes)
+    return sum(rates)
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment, the previous values back afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
-        with mp.get_context("spawn").Pool(processes) as pool:
-            rates = pool.starmap(tile_rate, [(model_dir, size_in, threads, seconds)] * processes)
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    return sum(rates)
 
 
 @dataclass(frozen=True)
@@ -199,5 +207,5 @@ def recommend(found: Scan, divisor: int, default_block: int) -> Recommendation:
     return Recommendation(tile, block, 1, 1)
 
 
-__all__ = ["TILE_TARGETS", "Recommendation", "Rounds", "Scan", "ScanRow", "end_to_end",
+__all__ = ["TILE_TARGETS", "Recommendation", "Rounds", "Scan", "ScanRow", "end_to_end", "environ",
            "paired_rounds", "parallel_rate", "recommend", "scan", "tile_rate"]

@@ -174,13 +174,13 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             process_block, job, block, key=f"block-{block.id}-{token}",
             pure=False, retries=retries, resources=resources,
         )
-        by_key[future.key] = block
+        by_key[str(future.key)] = block
         return future
 
     fatal: str | None = None
     queue = as_completed([submit(b) for b in _take(pending, max_in_flight)])
     for future in queue:
-        block = by_key.pop(future.key)
+        block = by_key.pop(str(future.key))
         try:
             info = future.result()
             summary.blocks_done += 1

@@ -258,7 +258,7 @@ def model_and_hash(model_dir: str) -> tuple[UNet, str]:
     from unet_tiles.model.files import CONFIG_NAME, WEIGHTS_NAME
 
     path = Path(model_dir)
-    stamp = []
+    stamp: list[tuple[int, int] | None] = []
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         try:
             info = (path / name).stat()

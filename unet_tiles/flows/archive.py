@@ -167,12 +167,15 @@ def _segment_all(todo: list[Outcome], choice: Any, max_concurrent: int,
     logger = get_run_logger()
     results: dict[str, Outcome] = {}
     progress = progress_artifact(f"images of {root}", key=artifact_key("archive-progress", root))
+    runner: ThreadPoolTaskRunner[Any]
     with connect(choice.spec, choice.workers, choice.threads_per_worker) as (client, info), \
             ThreadPoolTaskRunner(max_workers=max_concurrent) as runner:
-        address = client.scheduler.address
-        futures = [
-            runner.submit(segment_step, {"name": o.relative or o.image, "request": o.request,
-                                         "address": address, "info": info})
+        address = str(client.scheduler_info()["address"])
+        # Prefect's submit overloads type only async tasks' results precisely.
+        futures: list[Any] = [
+            runner.submit(segment_step,  # type: ignore[arg-type]
+                          {"name": o.relative or o.image, "request": o.request,
+                           "address": address, "info": info})
             for o in todo
         ]
         for count, (item, future) in enumerate(zip(todo, futures, strict=True), start=1):

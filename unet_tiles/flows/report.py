@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -64,7 +64,7 @@ class ThrottledProgress:
 
 def progress_artifact(description: str, key: str | None = None) -> ThrottledProgress:
     """Create a progress artifact at 0 % and return its throttled updater."""
-    artifact_id: UUID = create_progress_artifact(0.0, key=key, description=description)
+    artifact_id = cast("UUID", create_progress_artifact(0.0, key=key, description=description))
     return ThrottledProgress(lambda percent: update_progress_artifact(artifact_id, percent))
 
 

@@ -21,8 +21,7 @@ from .settings import flow_wording
 
 if TYPE_CHECKING:
     from prefect import Task
-    from prefect.client.schemas.objects import TaskRun
-    from prefect.states import State
+    from prefect.client.schemas.objects import State, TaskRun
 
     from unet_tiles.engine.cluster import ClusterInfo
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect.events import Event
 from prefect.events.clients import get_events_client
+from prefect.events.schemas.events import Resource
 
 ARRIVED = "unet-tiles.image.arrived"
 RESOURCE_PREFIX = "unet-tiles.image."
@@ -28,8 +29,8 @@ RESOURCE_PREFIX = "unet-tiles.image."
 def arrival_event(input_url: str, name: str, payload: dict[str, Any]) -> Event:
     return Event(
         event=ARRIVED,
-        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{input_url}",
-                  "prefect.resource.name": name or input_url},
+        resource=Resource({"prefect.resource.id": f"{RESOURCE_PREFIX}{input_url}",
+                           "prefect.resource.name": name or input_url}),
         payload={"input": input_url, **payload},
     )
 

@@ -32,7 +32,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 MAX_CONFIG_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 8 << 30
-_ARCH_FIELDS = {
+_ARCH_FIELDS: dict[str, type | tuple[type, ...]] = {
     "dims": int,
     "in_channels": int,
     "classes": int,

@@ -114,7 +114,7 @@ class ConvBlock(nn.Module):
 
     def shrink(self) -> int:
         """Pixels lost per axis by this block (0 for same padding)."""
-        return self.context() - sum(2 * int(conv.padding[0]) for conv in self._convs())  # type: ignore[arg-type]
+        return self.context() - sum(2 * int(conv.padding[0]) for conv in self._convs())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)  # type: ignore[no-any-return]
@@ -130,6 +130,10 @@ def _center_crop(x: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
 
 class UNet(nn.Module):
     """U-Net taking raw pixels as float32 ``(N, C, *S)`` to logits ``(N, K, *S')``."""
+
+    # Buffers (registered in __init__), declared so type checkers know them as tensors.
+    input_offset: torch.Tensor
+    input_scale: torch.Tensor
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -183,15 +187,17 @@ class UNet(nn.Module):
 
     def _walk(self, n: int, loss: Callable[[ConvBlock], int]) -> int | None:
         size = n
-        for encoder in list(self.encoders)[:-1]:
+        encoders: list[ConvBlock] = list(self.encoders)  # type: ignore[arg-type]
+        decoders: list[ConvBlock] = list(self.decoders)  # type: ignore[arg-type]
+        for encoder in encoders[:-1]:
             size -= loss(encoder)
             if size <= 0 or size % self.pool_factor:
                 return None
             size //= self.pool_factor
-        size -= loss(self.encoders[-1])
+        size -= loss(encoders[-1])
         if size <= 0:
             return None
-        for decoder in self.decoders:
+        for decoder in decoders:
             size = size * self.pool_factor - loss(decoder)
             if size <= 0:
                 return None

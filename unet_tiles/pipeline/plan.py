@@ -78,6 +78,11 @@ class Block:
         return len(self.tiles)
 
     @property
+    def lead(self) -> int:
+        """Leading (iterated) axes before the spatial ones; each of extent 1 here."""
+        return self.write.ndim - self.dims
+
+    @property
     def tile_origin(self) -> tuple[int, ...]:
         """Where the first tile's output starts, per spatial axis (on the pooling grid)."""
         return tuple(t.start for t in self.tiles)

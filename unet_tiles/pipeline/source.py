@@ -48,7 +48,7 @@ class ImageSource:
     def location(self) -> str:
         return f"{self.url}/{self.array_path}" if self.array_path else self.url
 
-    def open(self) -> zarr.Array:
+    def open(self) -> zarr.Array[Any]:
         """Open the array read-only (cheap: reads metadata only)."""
         import zarr
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from unet_tiles.pipeline.source import ImageSource
 
 
-def chunk_keys(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
+def chunk_keys(array: zarr.Array[Any], region: tuple[slice, ...]) -> list[str]:
     """Store keys of the chunks (or shards) that ``region`` of ``array`` touches."""
     grid = getattr(array, "shards", None) or array.chunks
     ranges = [
@@ -34,7 +34,7 @@ def chunk_keys(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
     return keys
 
 
-def missing_chunks(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
+def missing_chunks(array: zarr.Array[Any], region: tuple[slice, ...]) -> list[str]:
     from zarr.core.sync import sync
 
     store = array.store_path.store
@@ -42,14 +42,14 @@ def missing_chunks(array: zarr.Array, region: tuple[slice, ...]) -> list[str]:
     async def check() -> list[str]:
         return [key for key in chunk_keys(array, region) if not await store.exists(key)]
 
-    return sync(check())  # type: ignore[no-any-return]
+    return sync(check())
 
 
 def input_region(source: ImageSource, block: Block) -> tuple[tuple[slice, ...], list[np.ndarray]]:
     """The input region a block reads, and per spatial axis the mirrored
     indices into it that make up the read window."""
     out_axes = source.axes.replace("c", "")
-    lead = len(out_axes) - block.dims
+    lead = block.lead
     region: list[slice] = []
     takes: list[np.ndarray] = []
     for axis in source.axes:
@@ -72,7 +72,7 @@ def input_region(source: ImageSource, block: Block) -> tuple[tuple[slice, ...], 
 NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
 
 
-def read_window(array: zarr.Array, source: ImageSource, block: Block,
+def read_window(array: zarr.Array[Any], source: ImageSource, block: Block,
                 allow_missing_chunks: bool = False) -> np.ndarray:
     """The block's read window ``(C, *spatial)``, mirror-extrapolated.
 

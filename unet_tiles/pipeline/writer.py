@@ -18,7 +18,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -140,9 +140,9 @@ def done_blocks(url: str) -> np.ndarray:
 class OpenOutput:
     """Arrays of one output, opened once per worker process."""
 
-    labels: zarr.Array | None
-    probabilities: zarr.Array | None
-    done: zarr.Array
+    labels: zarr.Array[Any] | None
+    probabilities: zarr.Array[Any] | None
+    done: zarr.Array[Any]
 
 
 def open_output(url: str) -> OpenOutput:
@@ -160,7 +160,7 @@ def open_output(url: str) -> OpenOutput:
 def write_block(output: OpenOutput, block: Block, result: BlockResult) -> None:
     """Write the block's chunks, then its done-marker (never before)."""
     slices = block.write.to_slices()
-    lead = len(slices) - block.dims
+    lead = block.lead
     if output.labels is not None and result.labels is not None:
         output.labels[slices] = result.labels.reshape(block.write.shape)
     if output.probabilities is not None and result.probabilities is not None:

@@ -62,7 +62,7 @@ def read_array(path: str | os.PathLike[str]) -> np.ndarray:
     if _is_zarr(path):
         import zarr
 
-        node = zarr.open(str(path), mode="r")
+        node: Any = zarr.open(str(path), mode="r")
         if isinstance(node, zarr.Group):
             arrays = sorted(name for name, _ in node.arrays())
             if len(arrays) != 1:

@@ -100,7 +100,7 @@ def average_precision(truth: np.ndarray, predicted: np.ndarray, threshold: float
 def instances_from_classes(classes: np.ndarray, object_class: int = 1) -> np.ndarray:
     """Connected components of the object class (gaps/borders separate touching objects)."""
     labels, _ = ndimage.label(classes == object_class)
-    return labels
+    return np.asarray(labels)
 
 
 def score(truth_classes: Sequence[np.ndarray], predicted: Sequence[np.ndarray], classes: int,

@@ -148,7 +148,7 @@ def instances_from_mask(classes: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     labels, _ = ndimage.label(classes > 0)
-    return labels
+    return np.asarray(labels)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -265,7 +265,9 @@ def train(
 
     classes_train, _ = _targets(train_pairs, config)
     classes_n = class_count(config, classes_train)
-    counts = sum(np.bincount(c.ravel(), minlength=classes_n)[:classes_n] for c in classes_train)
+    counts = np.zeros(classes_n, np.int64)
+    for c in classes_train:
+        counts += np.bincount(c.ravel(), minlength=classes_n)[:classes_n]
     per_class = class_weights(counts) if config.class_balance else np.ones(classes_n, np.float32)
     offset, scale = normalization(train_pairs)
     names = config.class_names or (

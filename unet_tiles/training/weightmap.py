@@ -124,7 +124,7 @@ def weight_map(classes: np.ndarray, objects: np.ndarray | None, per_class: np.nd
     weights = np.asarray(per_class, dtype=np.float32)[classes]
     if objects is not None and w0 > 0:
         weights += separation_weights(objects, w0, sigma_px, background=classes == BACKGROUND)
-    return weights
+    return np.asarray(weights)
 
 
 def separated_objects(instances: np.ndarray) -> np.ndarray:
