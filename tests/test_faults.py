@@ -1,379 +1,52 @@
-"""Fault injection against the real components: processes killed, files corrupted.
+"""Unit tests of ``unet_tiles/engine/faults.py``: what a block task does about a fault.
 
-Every test compares its result with an uninterrupted run of the same image
-(``reference``) made on the shared session cluster; "byte-identical" means
-every file under the two output stores has the same bytes (nothing excluded).
-
-Numbers below refer to the faults of issue 6.
+Transient I/O is retried with backoff, deterministic errors never; a full disk
+becomes ``DiskFullError``; a worker killed again and again becomes a message
+with a block size that should fit. The end-to-end fault tests are the
+``test_fault_*.py`` modules (one per fault).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import textwrap
-import time
-from pathlib import Path
+import errno
+import logging
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
 
+from unet_tiles.engine import faults
+from unet_tiles.engine.faults import (
+    estimate_block_bytes,
+    is_killed_worker,
+    is_transient,
+    killed_worker_message,
+    suggest_block_size,
+    with_retries,
+    worker_memory_limit,
+)
+from unet_tiles.errors import (
+    DiskFullError,
+    InputError,
+    InputIncompleteError,
+    RunFailedError,
+    spell_parameters,
+)
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
-pytestmark = [pytest.mark.cluster]
+# The tests' 2D model (depth 2, 4 base channels, 2 classes: halo 20, pooling grid 4)
+# with the default 2D tile and one tile per batch, as memory_hint passes them.
+GEOMETRY: dict[str, Any] = {"dims": 2, "in_channels": 1, "classes": 2, "halo": 20,
+                            "tile_px": 1024, "batch_size": 1, "base_channels": 4}
 
-SHAPE = (256, 320)
-CHUNK = 64
-BLOCK = "64"
-SUMMARY = re.compile(r"in (\d+) blocks \((\d+) already done\)")
 
-
-# --- helpers ----------------------------------------------------------------------------
-
-
-def make_image(path: Path, shape: tuple[int, int] = SHAPE, seed: int = 0) -> str:
-    import zarr
-
-    rng = np.random.default_rng(seed)
-    array = zarr.create_array(str(path), shape=shape, chunks=(CHUNK, CHUNK), dtype="uint8")
-    array[...] = rng.integers(0, 255, shape, dtype=np.uint8)
-    return str(path)
-
-
-def reference(client: Any, inp: str, out: str, model: Path, *extra: str) -> str:
-    """An uninterrupted run of ``inp`` into ``out`` with the CLI's parameters."""
-    from unet_tiles.run import SegmentRequest, execute, prepare, validate
-
-    kind = extra[extra.index("--output") + 1] if "--output" in extra else "labels"
-    run = validate(SegmentRequest(inp, out, str(model), output_kind=kind,
-                                  block_size=int(BLOCK)))
-    prepare(run)
-    execute(run, client, progress=False)
-    return out
-
-
-def store_files(root: str | Path) -> dict[str, bytes]:
-    """Every file under an output store, by relative path."""
-    root = Path(root)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
-
-
-def assert_identical(a: str | Path, b: str | Path) -> None:
-    fa, fb = store_files(a), store_files(b)
-    assert sorted(fa) == sorted(fb), set(fa) ^ set(fb)
-    differ = [name for name in fa if fa[name] != fb[name]]
-    assert not differ, f"{len(differ)} files differ, e.g. {differ[:5]}"
-
-
-def done_grid(out: str) -> np.ndarray | None:
-    import zarr
-
-    try:
-        return np.asarray(zarr.open_array(out, path="done", mode="r")[...]).astype(bool)
-    except Exception:
-        return None
-
-
-def segment_argv(inp: str, out: str, model: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "unet_tiles.cli", "segment", inp, out, "--model", str(model),
-            "--block-size", BLOCK, "--no-progress", "--workers", "2", *extra]
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start processes in their own process group; kill every group in teardown."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            proc.communicate(timeout=10)
-
-
-def run_cli(spawn: Callable[..., subprocess.Popen[str]], argv: list[str],
-            timeout: float = 240) -> tuple[int, str, str]:
-    proc = spawn(argv)
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
-
-
-def kill_group(proc: subprocess.Popen[str]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=30)
-
-
-def wait_for_done(out: str, proc: subprocess.Popen[str], at_least: int, timeout: float = 120,
-                  ) -> np.ndarray:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        grid = done_grid(out)
-        if grid is not None and grid.sum() >= at_least:
-            return grid
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {at_least} blocks done after {timeout} s")
-
-
-def blocks_reading_chunk(inp: str, model: Path, chunk: tuple[int, ...]) -> set[tuple[int, ...]]:
-    """Indices of the blocks whose read window touches input chunk ``chunk``."""
-    from unet_tiles.run import SegmentRequest, validate
-    from unet_tiles.window import input_region
-
-    run = validate(SegmentRequest(inp, inp + "-probe.zarr", str(model), block_size=int(BLOCK)))
-    hit = set()
-    for block in run.plan:
-        region, _ = input_region(run.source, block, run.plan.dims)
-        if all(s.start // CHUNK <= c < -(-s.stop // CHUNK) for s, c in zip(region, chunk,
-                                                                         strict=True)):
-            hit.add(block.index)
-    return hit
-
-
-@pytest.fixture
-def model(make_model: Callable[..., Path]) -> Path:
-    return make_model(classes=2)
-
-
-# --- 2: the driver is killed mid-run -------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_driver_killed_resumes_byte_identical(tmp_path: Path, model: Path, client: Any,
-                                              spawn: Callable[..., Any]) -> None:
-    inp = make_image(tmp_path / "img.zarr")
-    ref = reference(client, inp, str(tmp_path / "ref.zarr"), model)
-    out = str(tmp_path / "out.zarr")
-    total = int(np.prod(done_grid(ref).shape))
-
-    proc = spawn(segment_argv(inp, out, model))
-    wait_for_done(out, proc, at_least=3)
-    kill_group(proc)  # the driver and its local cluster, SIGKILL, mid-run
-    done = done_grid(out)
-    assert done is not None
-    assert 3 <= done.sum() < total, "kill came too late to test anything"
-    # Every block marked done is fully written: its labels equal the reference's.
-    import zarr
-
-    got = zarr.open_array(out, path="labels", mode="r")
-    want = zarr.open_array(ref, path="labels", mode="r")
-    for index in zip(*np.nonzero(done), strict=True):
-        sl = tuple(slice(i * CHUNK, (i + 1) * CHUNK) for i in index)
-        np.testing.assert_array_equal(got[sl], want[sl])
-
-    status, stdout, stderr = run_cli(spawn, segment_argv(inp, out, model))
-    assert status == 0, stderr
-    computed, skipped = map(int, SUMMARY.search(stdout).groups())  # type: ignore[union-attr]
-    # Nothing done is redone: only the blocks in flight or never started run again.
-    assert skipped == int(done.sum())
-    assert computed == total - skipped
-    assert_identical(out, ref)
-    assert not list(Path(out).rglob("*.partial"))
-    assert not (tmp_path / ".out.zarr.lock").exists()
-
-
-# --- 8: killed between a block's chunk writes and its done-marker, and inside a write ------
-
-KILLER = textwrap.dedent('''
-    """Run one image in-process and SIGKILL this process at an exact point of one block."""
-    import os, signal, sys, uuid
-    from pathlib import Path
-
-    from distributed import Client, LocalCluster
-
-    import unet_tiles.writer as writer
-    from unet_tiles.run import SegmentRequest, execute, prepare, validate
-
-    mode, inp, out, model, target, kind = sys.argv[1:]
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if mode == "before-done":
-        real = writer.write_block
-
-        class DieOnDone:
-            def __setitem__(self, key, value):
-                die()
-
-        def write_block(output, block, result, dims):
-            if block.id == target:  # all data chunks written, then killed before the marker
-                output = writer.OpenOutput(output.labels, output.probabilities, DieOnDone())
-            return real(output, block, result, dims)
-
-        writer.write_block = write_block
-    else:  # "inside-write": half of a chunk's bytes reach zarr's temporary file
-        import zarr.storage._local as local
-
-        real_put = local._put
-        row, col = (int(i) for i in target.split("."))
-        victim = f"labels/c/{row}/{col}"
-
-        def _put(path, value, exclusive=False):
-            if str(path).endswith(victim):
-                data = bytes(value.as_buffer_like())
-                tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as f:
-                    f.write(data[: len(data) // 2])
-                    f.flush()
-                    os.fsync(f.fileno())
-                die()
-            return real_put(path, value, exclusive)
-
-        local._put = _put
-
-    run = validate(SegmentRequest(inp, out, model, output_kind=kind, block_size=64))
-    prepare(run)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        execute(run, client, progress=False)
-    sys.exit(3)  # the kill never came
-''')
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("mode", "kind"), [("before-done", "both"),
-                                            ("inside-write", "labels")])
-def test_killed_inside_a_block_is_redone(mode: str, kind: str, tmp_path: Path, model: Path,
-                                         client: Any, spawn: Callable[..., Any]) -> None:
-    inp = make_image(tmp_path / "img.zarr")
-    ref = reference(client, inp, str(tmp_path / "ref.zarr"), model, "--output", kind)
-    out = str(tmp_path / "out.zarr")
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
-    target = "2.3"
-    proc = spawn([sys.executable, str(script), mode, inp, out, str(model), target, kind])
-    proc.communicate(timeout=240)
-    assert proc.returncode == -signal.SIGKILL, proc.returncode
-    done = done_grid(out)
-    assert done is not None
-    assert not done[2, 3], "a half-written block was marked done"
-    assert done.sum() > 0
-    partial = list(Path(out).rglob("*.partial"))
-    if mode == "inside-write":
-        assert partial, "the kill inside a chunk write should leave zarr's temporary file"
-        assert not (Path(out) / "labels" / "c" / "2" / "3").exists()
-    else:  # the data chunks are there, the marker is not
-        assert (Path(out) / "labels" / "c" / "2" / "3").exists()
-
-    status, stdout, stderr = run_cli(spawn, segment_argv(inp, out, model, "--output", kind))
-    assert status == 0, stderr
-    _computed, skipped = map(int, SUMMARY.search(stdout).groups())  # type: ignore[union-attr]
-    assert skipped == int(done.sum())
-    assert not list(Path(out).rglob("*.partial")), "a temporary file survived the resume"
-    assert_identical(out, ref)
-
-
-# --- 3 and 9: a corrupt or missing input chunk -----------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("damage", ["corrupt", "missing"])
-def test_bad_input_chunk_fails_only_its_blocks_then_resumes(
-        damage: str, tmp_path: Path, model: Path, client: Any,
-        spawn: Callable[..., Any]) -> None:
-    import zarr
-
-    inp = make_image(tmp_path / "img.zarr")
-    ref = reference(client, inp, str(tmp_path / "ref.zarr"), model)
-    out = str(tmp_path / "out.zarr")
-    chunk_file = Path(inp) / "c" / "1" / "2"
-    backup = tmp_path / "chunk-backup"
-    shutil.copy2(chunk_file, backup)
-    if damage == "corrupt":  # truncated, as by an interrupted copy or a bad sector
-        data = chunk_file.read_bytes()
-        chunk_file.write_bytes(data[: len(data) // 2])
-    else:  # a store still being copied: the chunk is not there yet
-        chunk_file.unlink()
-    expected_failed = blocks_reading_chunk(inp, model, (1, 2))
-    assert 1 < len(expected_failed) < 20
-
-    status, stdout, stderr = run_cli(spawn, segment_argv(inp, out, model))
-    assert status == 1, stderr
-    # The workers log each failed task; the run's verdict is one line of its own.
-    lines = [line for line in stderr.splitlines() if line.startswith("unet-tiles")]
-    assert len(lines) == 1, stderr
-    message = lines[0]
-    assert f"{len(expected_failed)} of 20 blocks failed" in message
-    assert re.search(r"block \d\.\d \(y=\d+:\d+, x=\d+:\d+\)", message), message
-    if damage == "corrupt":
-        assert "input unreadable" in message
-    else:  # 9: names the chunk, never read as background
-        assert "input incomplete" in message
-        assert "c/1/2" in message
-    done = done_grid(out)
-    assert done is not None
-    assert {tuple(int(i) for i in ix) for ix in zip(*np.nonzero(~done), strict=True)} == (
-        expected_failed)
-    # The failed blocks wrote nothing: no label chunk holds "background" for them.
-    for index in expected_failed:
-        assert not (Path(out) / "labels" / "c" / str(index[0]) / str(index[1])).exists()
-    labels = zarr.open_array(out, path="labels", mode="r")
-    assert labels.nchunks_initialized == 20 - len(expected_failed)
-
-    # Repair: corrupt -> restored from backup as rsync -a would (mtime kept);
-    # missing -> the copy finishes now (a new mtime).
-    if damage == "corrupt":
-        shutil.copy2(backup, chunk_file)
-    else:
-        shutil.copyfile(backup, chunk_file)
-    status, stdout, stderr = run_cli(spawn, segment_argv(inp, out, model))
-    assert status == 0, stderr
-    computed, skipped = map(int, SUMMARY.search(stdout).groups())  # type: ignore[union-attr]
-    assert (computed, skipped) == (len(expected_failed), 20 - len(expected_failed))
-    if damage == "corrupt":
-        assert_identical(out, ref)
-    else:  # the input's fingerprint now holds the new mtime; the pixels are the same
-        for name in ("labels", "done"):
-            np.testing.assert_array_equal(zarr.open_array(out, path=name, mode="r")[...],
-                                          zarr.open_array(ref, path=name, mode="r")[...])
-
-
-def test_changed_chunk_under_a_done_block_is_refused(tmp_path: Path, model: Path,
-                                                     client: Any) -> None:
-    """The repaired-input rule never resumes over a block whose input changed."""
-    from unet_tiles.errors import OutputConflictError
-    from unet_tiles.run import SegmentRequest, prepare, validate
-
-    inp = make_image(tmp_path / "img.zarr", shape=(128, 128))
-    out = reference(client, inp, str(tmp_path / "out.zarr"), model)
-    import zarr
-
-    group = zarr.open_group(out, mode="r+")
-    group.attrs["unet_tiles"] = {**group.attrs["unet_tiles"], "status": "running"}
-    time.sleep(0.05)
-    chunk = Path(inp) / "c" / "0" / "0"
-    chunk.write_bytes(chunk.read_bytes())  # same bytes, but written after the blocks
-    with pytest.raises(OutputConflictError, match="different input content"):
-        prepare(validate(SegmentRequest(inp, out, str(model), block_size=int(BLOCK))))
-
-
-# --- 4: transient read/write errors ------------------------------------------------------
+def _estimate_args(**changes: Any) -> dict[str, Any]:
+    return {**GEOMETRY, **changes}
 
 
 def test_with_retries_backs_off_then_gives_up_and_never_retries_deterministic_errors(
 ) -> None:
-    import errno
-
-    from unet_tiles.errors import InputIncompleteError
-    from unet_tiles.faults import DiskFullError, with_retries
-
     calls: list[int] = []
 
     def flaky() -> str:
@@ -406,244 +79,173 @@ def test_with_retries_backs_off_then_gives_up_and_never_retries_deterministic_er
     assert len(calls) == 1
 
 
-@pytest.mark.slow
-def test_transient_io_errors_are_retried_and_the_output_is_correct(
-        tmp_path: Path, model: Path) -> None:
-    import faultfs
-    from distributed import Client, LocalCluster
-
-    from unet_tiles.run import SegmentRequest, execute, prepare, validate
-
-    inp = make_image(tmp_path / "img.zarr")
-    url = f"{faultfs.PROTOCOL}://{inp}"
-
-    def run(out: Path, client: Any) -> None:
-        r = validate(SegmentRequest(url, f"{faultfs.PROTOCOL}://{out}", str(model),
-                                    output_kind="both", block_size=int(BLOCK)))
-        prepare(r)
-        execute(r, client, progress=False)
-
-    # In-process workers share the armed faults with this test.
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        run(tmp_path / "ref.zarr", client)
-        faultfs.reset()
-        faultfs.arm(read=r"img\.zarr/c/1/1$", times=2)
-        faultfs.arm(read=r"img\.zarr/c/3/4$", times=1, error=TimeoutError)
-        faultfs.arm(write=r"out\.zarr/labels/c/2/3$", times=2)
-        faultfs.arm(write=r"out\.zarr/probabilities/c/0/1/1$", times=1)
-        faultfs.arm(write=r"out\.zarr/done/c/0/0$", times=1)
-        try:
-            run(tmp_path / "out.zarr", client)
-        finally:
-            injected = faultfs.reset()
-    assert len(injected) == 7, injected
-    assert_identical(tmp_path / "out.zarr", tmp_path / "ref.zarr")
+@pytest.mark.parametrize("exc", [
+    TimeoutError("slow store"),
+    OSError(errno.EIO, "input/output error"),
+    ConnectionResetError(errno.ECONNRESET, "connection reset"),
+    OSError(errno.EAGAIN, "try again"),
+])
+def test_is_transient_for_errors_a_wait_can_cure(exc: BaseException) -> None:
+    assert is_transient(exc)
 
 
-# --- 5: the output disk fills up ------------------------------------------------------------
+@pytest.mark.parametrize("exc", [
+    OSError(errno.ENOSPC, "no space left"),
+    OSError(errno.EDQUOT, "quota exceeded"),
+    OSError(errno.EROFS, "read-only file system"),
+    PermissionError(errno.EACCES, "permission denied"),
+    PermissionError(errno.EPERM, "operation not permitted"),
+    FileNotFoundError(errno.ENOENT, "no such file"),
+    IsADirectoryError(errno.EISDIR, "is a directory"),
+    NotADirectoryError(errno.ENOTDIR, "not a directory"),
+    OSError(errno.ENAMETOOLONG, "file name too long"),
+    InputIncompleteError("input incomplete: chunk c/0/0"),
+    InputError("input unreadable"),
+    ValueError("codec error"),
+])
+def test_is_transient_never_for_errors_no_wait_cures(exc: BaseException) -> None:
+    assert not is_transient(exc)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(disk)],
-                             capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+def test_with_retries_waits_longer_each_time_up_to_a_cap_and_logs_each_retry(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", delays.append)
+    failure = OSError(errno.EIO, "io")
+
+    def action() -> None:
+        raise failure
+
+    with caplog.at_level(logging.WARNING, logger="unet_tiles.engine.faults"), \
+            pytest.raises(OSError, match="io") as raised:
+        with_retries(action, "reading block 0.1", "img.zarr", attempts=6, backoff_s=1.0)
+    assert raised.value is failure  # the last attempt's own error, unchanged
+    assert len(delays) == 5  # no wait after the last attempt
+    for attempt, delay in enumerate(delays, start=1):
+        base = min(faults.MAX_BACKOFF_S, 2.0 ** (attempt - 1))
+        assert 0.5 * base <= delay <= 1.5 * base, (attempt, delays)
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 5, retries
+    assert retries[0].startswith("reading block 0.1 failed (OSError: ")
+    assert "retry 1 of 5" in retries[0]
+    assert "retry 5 of 5" in retries[-1]
 
 
-@pytest.mark.slow
-def test_disk_full_is_clear_marks_nothing_and_resumes(
-        tmp_path: Path, model: Path, client: Any, small_disk: Path,
-        spawn: Callable[..., Any]) -> None:
-    import zarr
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_or_quota_is_a_run_failure_naming_the_block(code: int) -> None:
+    calls: list[int] = []
 
-    inp = make_image(tmp_path / "img.zarr")
-    extra = ("--output", "both", "--dtype", "float32")
-    from unet_tiles.run import SegmentRequest, execute, prepare, validate
+    def action() -> None:
+        calls.append(1)
+        raise OSError(code, "full")
 
-    ref = str(tmp_path / "ref.zarr")
-    r = validate(SegmentRequest(inp, ref, str(model), output_kind="both", dtype="float32",
-                                block_size=int(BLOCK)))
-    prepare(r)
-    execute(r, client, progress=False)
-    out = str(small_disk / "out.zarr")
-
-    status, _stdout, stderr = run_cli(spawn, segment_argv(inp, out, model, *extra))
-    assert status == 1, stderr
-    message = [line for line in stderr.splitlines() if line.startswith("unet-tiles")][-1]
-    assert "no space left on the output disk" in message, message
-    assert re.search(r"block \d\.\d \(y=\d+:\d+, x=\d+:\d+\)", message), message
-    assert "free space" in message
+    with pytest.raises(DiskFullError) as raised:
+        with_retries(action, "writing block 1.2 (y=64:128, x=128:192)", "out.zarr",
+                     backoff_s=0.001)
+    assert len(calls) == 1
+    assert isinstance(raised.value, RunFailedError)
+    message = str(raised.value)
+    assert "no space left on the output disk" in message
+    assert "writing block 1.2 (y=64:128, x=128:192) of out.zarr" in message
     assert "rerun the same command" in message
-    done = done_grid(out)
-    assert done is not None
-    assert 0 < done.sum() < done.size
-    # Everything marked done is complete and correct; no temporary file is left.
-    for name in ("labels", "probabilities"):
-        got, want = zarr.open_array(out, path=name, mode="r"), zarr.open_array(ref, path=name)
-        for index in zip(*np.nonzero(done), strict=True):
-            sl = tuple(slice(i * CHUNK, (i + 1) * CHUNK) for i in index)
-            sl = sl if name == "labels" else (slice(None), *sl)
-            np.testing.assert_array_equal(got[sl], want[sl])
-    assert not list(Path(out).rglob("*.partial"))
-
-    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
-    status, stdout, stderr = run_cli(spawn, segment_argv(inp, out, model, *extra))
-    assert status == 0, stderr
-    _computed, skipped = map(int, SUMMARY.search(stdout).groups())  # type: ignore[union-attr]
-    assert skipped == int(done.sum())
-    assert_identical(out, ref)
+    assert "blocks already marked done are kept" in message
 
 
-# --- 6: two runs on one output --------------------------------------------------------------
+def test_is_killed_worker_knows_dask_killed_worker() -> None:
+    from distributed.scheduler import KilledWorker
+
+    assert is_killed_worker(KilledWorker("block-0.0-abc", None, 1))  # type: ignore[arg-type]
+    assert not is_killed_worker(RuntimeError("KilledWorker"))
+    assert not is_killed_worker(MemoryError())
 
 
-def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) -> None:
-    import json
-
-    from unet_tiles.errors import OutputConflictError
-    from unet_tiles.lock import RunLock, lock_path
-
-    out = str(tmp_path / "out.zarr")
-    # A crashed run's leftover lock file (a dead pid, no flock held) never blocks.
-    path = lock_path(out)
-    assert path == tmp_path / ".out.zarr.lock"
-    path.write_text(json.dumps({"pid": 999_999_999, "host": "gone", "started": "yesterday"}))
-    with RunLock(out):
-        holder = subprocess.run(
-            [sys.executable, "-c", "from unet_tiles.lock import RunLock; import sys; "
-             f"RunLock({out!r}).acquire()"], capture_output=True, text=True, check=False)
-        assert holder.returncode == 1
-        assert "is being written by another unet-tiles run" in holder.stderr
-        assert f"pid {os.getpid()}" in holder.stderr
-        with pytest.raises(OutputConflictError, match="another unet-tiles run"):
-            RunLock(out).acquire()
-    assert not path.exists()
-    with RunLock(out):  # free again
-        pass
+def test_estimate_block_bytes_grows_with_the_block_and_the_model() -> None:
+    sizes = [estimate_block_bytes(edge, **_estimate_args()) for edge in (256, 512, 1024, 2048)]
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) == len(sizes)
+    base = estimate_block_bytes(512, **_estimate_args())
+    assert estimate_block_bytes(512, **_estimate_args(classes=5)) > base
+    assert estimate_block_bytes(512, **_estimate_args(batch_size=8)) > base
+    assert estimate_block_bytes(512, **_estimate_args(base_channels=16)) > base
+    assert estimate_block_bytes(512, **_estimate_args(halo=92)) > base
+    assert estimate_block_bytes(512, **_estimate_args(dims=3)) > base
+    # At least the block's own float32 logits and probabilities.
+    assert base >= 512 * 512 * 2 * 4 * 2
 
 
-@pytest.mark.slow
-def test_second_run_refuses_while_first_runs_then_takes_over_after_a_crash(
-        tmp_path: Path, model: Path, client: Any, spawn: Callable[..., Any]) -> None:
-    # Many blocks, so the first run is still busy when the second has started.
-    inp = make_image(tmp_path / "img.zarr", shape=(768, 768))
-    out = str(tmp_path / "out.zarr")
-    first = spawn(segment_argv(inp, out, model))
-    wait_for_done(out, first, at_least=1)
-
-    status, _stdout, stderr = run_cli(spawn, segment_argv(inp, out, model))
-    assert status == 2, stderr
-    assert stderr.count("\n") == 1, stderr
-    assert "is being written by another unet-tiles run" in stderr
-    assert f"pid {first.pid}" in stderr
-
-    kill_group(first)  # crashed: its lock file is left behind, its flock is gone
-    assert (tmp_path / ".out.zarr.lock").exists()
-    status, _stdout, stderr = run_cli(spawn, segment_argv(inp, out, model))
-    assert status == 0, stderr
-    assert done_grid(out).all()  # type: ignore[union-attr]
-    assert not (tmp_path / ".out.zarr.lock").exists()
+def test_suggest_block_size_fits_in_half_of_what_the_worker_has_beyond_its_baseline() -> None:
+    limit, baseline = 400 * 10**6, 300 << 20
+    size = suggest_block_size(limit, 2048, 4, **GEOMETRY, baseline_bytes=baseline)
+    assert size is not None
+    assert size % 4 == 0
+    assert 4 <= size < 2048
+    assert estimate_block_bytes(size, **_estimate_args()) <= (limit - baseline) // 2
+    # 2048 px blocks do not fit in that budget (why the worker died).
+    assert estimate_block_bytes(2048, **_estimate_args()) > (limit - baseline) // 2
+    # More memory never suggests a smaller block.
+    larger = suggest_block_size(4 * limit, 2048, 4, **GEOMETRY, baseline_bytes=baseline)
+    assert larger is not None
+    assert size <= larger < 2048
 
 
-# --- a cluster of our own: scheduler and worker processes on 127.0.0.1 ------------------------
+def test_suggest_block_size_is_none_when_nothing_smaller_fits() -> None:
+    # The worker's limit is below its baseline: no block fits.
+    assert suggest_block_size(200 << 20, 2048, 4, **GEOMETRY) is None
+    # The block is already the smallest the model allows.
+    assert suggest_block_size(64 << 30, 4, 4, **GEOMETRY) is None
+    # Plenty of memory: whatever is suggested is still below the current size.
+    size = suggest_block_size(64 << 30, 2048, 4, **GEOMETRY)
+    assert size is not None
+    assert size < 2048
 
 
-@pytest.fixture
-def external_cluster(tmp_path: Path, spawn: Callable[..., Any]
-                     ) -> Callable[..., tuple[str, Any]]:
-    """Start ``dask scheduler`` + ``dask worker`` processes; return (address, client)."""
-    import json
+class FakeClient:
+    """What ``worker_memory_limit`` asks of a dask client."""
 
-    from distributed import Client
+    def __init__(self, limits: list[int | None], fail: bool = False) -> None:
+        self.limits = limits
+        self.fail = fail
 
-    clients: list[Any] = []
+    def wait_for_workers(self, n: int, timeout: float) -> None:
+        if self.fail:
+            raise TimeoutError("no worker came back")
 
-    def start(nworkers: int = 2, memory_limit: str = "0",
-              env: dict[str, str] | None = None) -> tuple[str, Any]:
-        sched_file = tmp_path / "scheduler.json"
-        environ = {**os.environ, **(env or {})}
-        bindir = Path(sys.executable).parent
-        spawn([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-               "--no-dashboard", "--scheduler-file", str(sched_file)], env=environ)
-        deadline = time.monotonic() + 60
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        spawn([str(bindir / "dask"), "worker", address, "--nworkers", str(nworkers),
-               "--nthreads", "1", "--memory-limit", memory_limit, "--host", "127.0.0.1",
-               "--no-dashboard"], env=environ)
-        client = Client(address, timeout="30s")
-        clients.append(client)
-        client.wait_for_workers(nworkers, timeout=60)
-        return address, client
-
-    yield start  # type: ignore[misc]
-    for client in clients:
-        with contextlib.suppress(Exception):
-            client.close()
+    def scheduler_info(self, n_workers: int = 5) -> dict[str, Any]:
+        return {"workers": {f"tcp://127.0.0.1:{4000 + i}": {"memory_limit": v}
+                            for i, v in enumerate(self.limits)}}
 
 
-# --- 1: a worker process is SIGKILLed mid-run ------------------------------------------------
+def test_worker_memory_limit_is_the_smallest_limit_or_none() -> None:
+    assert worker_memory_limit(FakeClient([800, 400, 600])) == 400
+    assert worker_memory_limit(FakeClient([0, 500, None])) == 500  # 0, None: unlimited
+    assert worker_memory_limit(FakeClient([0, None])) is None
+    assert worker_memory_limit(FakeClient([])) is None
+    # A best-effort hint: a cluster that does not answer gives no limit, no error.
+    assert worker_memory_limit(FakeClient([400], fail=True)) is None
 
 
-@pytest.mark.slow
-def test_worker_killed_mid_run_output_identical(tmp_path: Path, model: Path, client: Any,
-                                                spawn: Callable[..., Any],
-                                                external_cluster: Callable[..., Any]) -> None:
-    inp = make_image(tmp_path / "img.zarr")
-    ref = reference(client, inp, str(tmp_path / "ref.zarr"), model)
-    out = str(tmp_path / "out.zarr")
-    address, cluster_client = external_cluster(nworkers=2)
-    pids = cluster_client.run(os.getpid)
-    proc = spawn(segment_argv(inp, out, model, "--cluster", address))
-    wait_for_done(out, proc, at_least=3)
-    victim = next(iter(pids.values()))
-    os.kill(victim, signal.SIGKILL)  # the nanny restarts it; its task runs elsewhere
-    _stdout, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 0, stderr
-    done = done_grid(out)
-    assert done is not None
-    assert done.all()
-    assert victim not in cluster_client.run(os.getpid).values()
-    assert_identical(out, ref)
+def test_killed_worker_message_names_the_block_and_a_size_that_fits() -> None:
+    message = killed_worker_message("block 0.0 (y=0:2048, x=0:2048)", 2048, 400 * 10**6, 512, 2)
+    assert message.startswith(
+        "2 workers died while running block 0.0 (y=0:2048, x=0:2048), most likely out of "
+        "memory with blocks of 2048 px; ")
+    assert "`block_size` 512" in message
+    assert "`overwrite`" in message
+    assert "which should fit (worker memory limit 0.37 GiB)" in message
+    assert message.endswith("No more blocks were started; blocks already done are kept")
+    # Spelled for the command line, the advice is a flag the user can type.
+    spelled = spell_parameters(message, lambda name: "--" + name.replace("_", "-"))
+    assert "--block-size 512" in spelled
+    assert "--overwrite" in spelled
+    assert "`" not in spelled
 
 
-# --- 7: a worker runs out of memory on an oversized block ------------------------------------
-
-
-@pytest.mark.slow
-def test_worker_out_of_memory_says_which_block_size_fits(
-        tmp_path: Path, model: Path, spawn: Callable[..., Any],
-        external_cluster: Callable[..., Any]) -> None:
-    inp = make_image(tmp_path / "big.zarr", shape=(2048, 2048))
-    # One retry after the first death (dask's default allows 3): no restart loop.
-    address, _client = external_cluster(
-        nworkers=1, memory_limit="400MB",
-        env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
-    argv = [sys.executable, "-m", "unet_tiles.cli", "segment", inp, str(tmp_path / "out.zarr"),
-            "--model", str(model), "--block-size", "2048", "--output", "both", "--dtype",
-            "float32", "--no-progress", "--cluster", address]
-    started = time.monotonic()
-    status, _stdout, stderr = run_cli(spawn, argv)
-    assert status == 1, stderr
-    message = [line for line in stderr.splitlines() if line.startswith("unet-tiles")][-1]
-    assert "2 workers died while running block 0.0 (y=0:2048, x=0:2048)" in message, message
-    assert "out of memory with blocks of 2048 px" in message
-    match = re.search(r"rerun with --block-size (\d+) --overwrite, which should fit", message)
-    assert match, message
-    assert time.monotonic() - started < 150
-    # The advice holds: the same worker finishes the image with the suggested size.
-    status, _stdout, stderr = run_cli(spawn, [*argv[:-7], "--block-size", match.group(1),
-                                             "--output", "both", "--dtype", "float32",
-                                             "--no-progress", "--cluster", address,
-                                             "--overwrite"])
-    assert status == 0, stderr
-    assert done_grid(str(tmp_path / "out.zarr")).all()  # type: ignore[union-attr]
+def test_killed_worker_message_without_a_suggestion_or_a_limit() -> None:
+    message = killed_worker_message("block 1.0 (y=2048:4096, x=0:2048)", 2048, None, None, None)
+    assert message.startswith("workers died while running block 1.0 (y=2048:4096, x=0:2048)")
+    assert "give the workers more memory or rerun with a smaller `block_size`" in message
+    assert "worker memory limit" not in message
+    assert "which should fit" not in message
+    limited = killed_worker_message("block 1.0", 2048, 3 * 2**30, None, 4)
+    assert limited.startswith("4 workers died while running block 1.0")
+    assert "give the workers more memory (worker memory limit 3.00 GiB)" in limited

@@ -1,3 +1,3 @@
 """Archives: the images under a root (``discover``) and the ones that have just arrived
-(``arrival``). Imports ``pipeline`` only.
+(``arrival``). Imports ``pipeline`` and ``errors`` only.
 """

@@ -1,8 +1,8 @@
 """Options that several commands share, declared once, and how errors spell them.
 
 ``segment``, ``archive`` and ``watch`` take the same request options (what to
-compute and how) and cluster options (where); ``demo`` and ``bench`` take the
-cluster options too. Each option's ``dest`` is the ``SegmentRequest`` field or
+compute and how) and cluster options (where); ``demo`` takes the cluster
+options too, ``bench`` the model option. Each option's ``dest`` is the ``SegmentRequest`` field or
 ``connect`` argument it sets, so ``request_options`` and ``cluster_options``
 read them back without a table of names.
 """

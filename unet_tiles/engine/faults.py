@@ -98,8 +98,9 @@ def suggest_block_size(limit_bytes: int, current_px: int, divisor: int, *, dims:
                        in_channels: int, classes: int, halo: int, tile_px: int,
                        batch_size: int, base_channels: int,
                        baseline_bytes: int = 300 << 20) -> int | None:
-    """The largest block edge (a multiple of ``divisor``, below ``current_px``) whose
-    estimate fits in half of what the worker has beyond its baseline; None if none."""
+    """The first of ``current_px`` halved, quartered, ... (each rounded down to a
+    multiple of ``divisor``) whose estimate fits in half of what the worker has
+    beyond its baseline; None if none does."""
     budget = (limit_bytes - baseline_bytes) // 2
     edge = max(divisor, (current_px // 2) // divisor * divisor)
     while edge > divisor and estimate_block_bytes(
@@ -129,7 +130,7 @@ def killed_worker_message(block_name: str, block_px: int, limit_bytes: int | Non
     tries = f"{attempts} " if attempts else ""
     limit = f" (worker memory limit {limit_bytes / 2**30:.2f} GiB)" if limit_bytes else ""
     if suggestion is not None:
-        fix = (f"rerun with `block_size` {suggestion} and `overwrite`, which should fit{limit}"
+        fix = (f"rerun with `block_size` {suggestion} `overwrite`, which should fit{limit}"
                " (the block size is one of the output's parameters)")
     else:
         fix = f"give the workers more memory{limit} or rerun with a smaller `block_size`"

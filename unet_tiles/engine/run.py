@@ -178,8 +178,9 @@ class Run:
     def segment(self, client: Client | None = None, info: ClusterInfo | None = None, *,
                 progress: bool | None = None,
                 on_block: Callable[[int, int], None] | None = None) -> RunSummary:
-        """Prepare, execute and finalize under the output's lock."""
-        with self.locked():
+        """Prepare, execute and finalize under the output's lock (taken here unless
+        the caller holds it already)."""
+        with contextlib.nullcontext() if self._lock is not None else self.locked():
             self.prepare()
             summary = self.execute(client, info, progress=progress, on_block=on_block)
             self.finalize()
@@ -282,7 +283,9 @@ def segment(request: SegmentRequest, cluster: str = "local", workers: int | None
     from unet_tiles.engine.cluster import connect
 
     run = validate(request)
-    with connect(cluster, workers, threads_per_worker) as (client, info):
+    # Locked before the cluster starts and until it has stopped: a second run on
+    # this output is refused at once, not after its own cluster start.
+    with run.locked(), connect(cluster, workers, threads_per_worker) as (client, info):
         return run.segment(client, info, progress=progress)
 
 

@@ -1,0 +1,283 @@
+"""Block tasks on real stores: serial and on the real cluster, failures named, skip grids,
+and the worker-side caches of opened arrays."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from helpers import reference_logits, softmax, write_zarr
+
+from unet_tiles.engine.blocks import (
+    RunSummary,
+    _open_input,
+    process_block,
+    run_plan,
+    run_serial,
+    warm_worker,
+)
+from unet_tiles.engine.run import SegmentRequest, validate
+from unet_tiles.errors import BlockFailedError, InputIncompleteError
+from unet_tiles.pipeline.predict import cached_model
+from unet_tiles.pipeline.window import chunk_keys, input_region
+from unet_tiles.pipeline.writer import done_blocks
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from unet_tiles.engine.run import Run
+
+
+def _image(shape: tuple[int, int] = (96, 128), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, shape).astype(np.uint8)
+
+
+def _prepared(tmp_path: Path, model: Path, src: str, out: str = "out.zarr",
+              **options: Any) -> Run:
+    """A validated run whose output is created, as ``Run.prepare`` leaves it."""
+    request = SegmentRequest(src, str(tmp_path / out), str(model), output_kind="both",
+                             dtype="float32", block_size=32, **options)
+    run = validate(request)
+    with run.locked():
+        run.prepare()
+    return run
+
+
+def _outputs(url: str) -> tuple[np.ndarray, np.ndarray]:
+    group = zarr.open_group(url, mode="r")
+    return np.asarray(group["labels"][...]), np.asarray(group["probabilities"][...])
+
+
+def test_run_serial_writes_every_block(tmp_path: Path, make_model: Callable[..., Path]) -> None:
+    model = make_model(depth=1)
+    image = _image()
+    run = _prepared(tmp_path, model, write_zarr(tmp_path / "in.zarr", image, (32, 32)))
+    assert run.plan.grid == (3, 4)
+    summary = run_serial(run.plan, run.job)
+    assert summary.blocks_total == summary.blocks_done == 12
+    assert summary.blocks_skipped == 0
+    assert summary.pixels == image.size
+    assert summary.failures == []
+    assert summary.seconds > 0
+    assert summary.megapixels_per_s == pytest.approx(image.size / 1e6 / summary.seconds)
+    assert done_blocks(run.output).all()
+    labels, probs = _outputs(run.output)
+    expected = softmax(reference_logits(model, image[None]))
+    assert np.abs(probs - expected).max() <= 1e-4
+    assert (labels == expected.argmax(0)).mean() > 0.999
+    assert (labels == expected.argmax(0)).mean() > 0.999
+
+
+def test_run_serial_skips_the_skip_grid(tmp_path: Path, make_model: Callable[..., Path]) -> None:
+    model = make_model(depth=1)
+    run = _prepared(tmp_path, model, write_zarr(tmp_path / "in.zarr", _image((80, 100)),
+                                                (32, 32)))
+    assert run.plan.grid == (3, 4)
+    skip = np.zeros(run.plan.grid, dtype=bool)
+    skip[0, 1] = skip[2, 3] = skip[1, 0] = True
+    summary = run_serial(run.plan, run.job, skip=skip)
+    assert summary.blocks_skipped == 3
+    assert summary.blocks_done == 9
+    skipped_pixels = sum(run.plan.block(ix).write.size for ix in [(0, 1), (2, 3), (1, 0)])
+    assert skipped_pixels == 32 * 32 + 16 * 4 + 32 * 32  # (2, 3) is the 16 x 4 corner
+    assert summary.pixels == 80 * 100 - skipped_pixels
+    np.testing.assert_array_equal(done_blocks(run.output), ~skip)
+    _, probs = _outputs(run.output)
+    written = probs.sum(axis=0) > 0  # softmax sums to 1; unwritten chunks read 0
+    for block in run.plan:
+        assert written[block.write.to_slices()].all() != skip[block.index]
+
+
+def test_run_serial_raises_a_block_error_as_it_is(tmp_path: Path,
+                                                  make_model: Callable[..., Path]) -> None:
+    src = write_zarr(tmp_path / "in.zarr", _image(), (32, 32))
+    (tmp_path / "in.zarr" / "c" / "2" / "3").unlink()
+    run = _prepared(tmp_path, make_model(depth=1), src)
+    with pytest.raises(InputIncompleteError, match="c/2/3"):
+        run_serial(run.plan, run.job)
+    assert done_blocks(run.output)[0, 0]  # blocks before it were written
+    assert not done_blocks(run.output)[2, 3]
+
+
+def test_process_block_returns_numbers_only(tmp_path: Path,
+                                            make_model: Callable[..., Path]) -> None:
+    run = _prepared(tmp_path, make_model(depth=1),
+                    write_zarr(tmp_path / "in.zarr", _image(), (32, 32)))
+    block = run.plan.block((2, 1))
+    info = process_block(run.job, block)
+    assert set(info) == {"block", "pixels", "seconds"}
+    assert info["block"] == (2, 1)
+    assert info["pixels"] == 32 * 32
+    assert info["seconds"] > 0
+    assert np.argwhere(done_blocks(run.output)).tolist() == [[2, 1]]
+
+
+def test_warm_worker_sets_threads_and_loads_the_model(tmp_path: Path,
+                                                      make_model: Callable[..., Path]) -> None:
+    run = _prepared(tmp_path, make_model(depth=1, seed=11),
+                    write_zarr(tmp_path / "in.zarr", _image(), (32, 32)))
+    threads = torch.get_num_threads()
+    try:
+        before = cached_model.cache_info()
+        warm_worker(replace(run.job, torch_threads=1))
+        assert torch.get_num_threads() == 1
+        after = cached_model.cache_info()
+        assert after.misses == before.misses + 1  # a model dir and hash not loaded before
+        process_block(run.job, run.plan.block((0, 0)))
+        assert cached_model.cache_info().hits > after.hits  # the block used the warm model
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_run_summary_to_dict() -> None:
+    summary = RunSummary(pixels=3_000_000, blocks_total=5, blocks_done=3, blocks_skipped=2,
+                         seconds=1.23456)
+    assert summary.megapixels_per_s == pytest.approx(3 / 1.23456)
+    assert summary.to_dict() == {
+        "pixels": 3_000_000, "blocks_total": 5, "blocks_done": 3, "blocks_skipped": 2,
+        "seconds": 1.235, "megapixels_per_s": 2.43, "failures": []}
+    assert RunSummary().megapixels_per_s == 0.0
+
+
+# --- the worker-side cache of opened inputs ---------------------------------------------
+
+
+def _gzip_store(path: Path, data: np.ndarray, chunks: tuple[int, int],
+                compressors: Any) -> str:
+    array = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
+                              compressors=compressors, overwrite=True,
+                              config={"write_empty_chunks": True})
+    array[...] = data
+    return str(path)
+
+
+@pytest.mark.parametrize("compressors", ["gzip", None], ids=["gzip", "uncompressed"])
+def test_a_store_replaced_with_another_codec_is_read_afresh(
+        tmp_path: Path, make_model: Callable[..., Path], compressors: str | None) -> None:
+    """``_open_input`` is keyed by the run id: the same source (path, shape, dtype,
+    chunks) replaced by a store with another codec is opened again by the next run in
+    the same process, never decoded through the first store's codec."""
+    codecs = [zarr.codecs.GzipCodec()] if compressors == "gzip" else None
+    model = make_model(depth=1)
+    first = _image((64, 80), seed=1)
+    second = _image((64, 80), seed=2)
+    src = write_zarr(tmp_path / "in.zarr", first, (32, 32))  # zarr v3 default: zstd
+    assert zarr.open_array(src).compressors[0].to_dict()["name"] == "zstd"
+
+    def segment(out: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+        run = validate(SegmentRequest(source, str(tmp_path / out), str(model),
+                                      output_kind="both", dtype="float32", block_size=32,
+                                      overwrite=True))
+        summary = run.segment()  # serial: in this process, sharing its caches
+        assert summary.blocks_done == len(run.plan) == 6
+        return _outputs(str(tmp_path / out))
+
+    segment("out1.zarr", src)
+    source_before = validate(SegmentRequest(src, str(tmp_path / "x.zarr"), str(model),
+                                            block_size=32)).source
+    shutil.rmtree(tmp_path / "in.zarr")
+    _gzip_store(tmp_path / "in.zarr", second, (32, 32), codecs)
+    # Same path, shape, dtype and chunks: to the cache, the same source.
+    source_after = validate(SegmentRequest(src, str(tmp_path / "x.zarr"), str(model),
+                                           block_size=32)).source
+    assert source_after == source_before
+    labels, probs = segment("out2.zarr", src)
+    fresh_labels, fresh_probs = segment(
+        "out3.zarr", _gzip_store(tmp_path / "fresh.zarr", second, (32, 32), codecs))
+    np.testing.assert_array_equal(probs, fresh_probs)
+    np.testing.assert_array_equal(labels, fresh_labels)
+    expected = softmax(reference_logits(model, second[None]))
+    assert np.abs(probs - expected).max() <= 1e-4
+
+
+def test_open_input_is_cached_per_source_and_run(tmp_path: Path) -> None:
+    from unet_tiles.pipeline.source import open_source
+
+    source = open_source(write_zarr(tmp_path / "in.zarr", _image(), (32, 32)))
+    first = _open_input(source, "run-a")
+    assert _open_input(source, "run-a") is first
+    assert _open_input(source, "run-b") is not first
+
+
+# --- on the real cluster ----------------------------------------------------------------
+
+
+def _blocks_reading(run: Run, key: str) -> set[tuple[int, ...]]:
+    array = run.source.open()
+    return {block.index for block in run.plan
+            if key in chunk_keys(array, input_region(run.source, block)[0])}
+
+
+@pytest.mark.cluster
+def test_run_plan_failures_do_not_stop_the_other_blocks(
+        tmp_path: Path, make_model: Callable[..., Path], client: Any) -> None:
+    model = make_model(depth=1)
+    image = _image((96, 160), seed=3)
+    src = write_zarr(tmp_path / "in.zarr", image, (32, 32))
+    (tmp_path / "in.zarr" / "c" / "2" / "4").write_bytes(b"\x13garbage\x00" * 40)
+    run = _prepared(tmp_path, model, src)
+    assert run.plan.grid == (3, 5)
+    failing = _blocks_reading(run, "c/2/4")
+    assert 1 < len(failing) < 15
+    progress: list[tuple[int, int]] = []
+    with pytest.raises(BlockFailedError) as caught:
+        run_plan(client, run.plan, run.job, max_in_flight=2, progress=False,
+                 on_block=lambda done, total: progress.append((done, total)))
+    error = caught.value
+    message = str(error)
+    assert message.startswith(f"{len(failing)} of 15 blocks failed; first: block ")
+    assert "InputIncompleteError: input unreadable" in message
+    assert "rerun the same command to do only the failed blocks" in message
+    assert len(error.failures) == len(failing)
+    by_index = {tuple(f["index"]): f for f in error.failures}
+    assert set(by_index) == failing
+    for index, failure in by_index.items():
+        block = run.plan.block(index)
+        assert failure["write"] == block.write.ranges("yx")
+        assert failure["block"] == block.describe("yx")
+        assert failure["block"].startswith(f"block {index[0]}.{index[1]} (y=")
+        assert failure["error"].startswith("InputIncompleteError: input unreadable")
+    # Every other block was written, and written right.
+    done = done_blocks(run.output)
+    assert {tuple(ix) for ix in np.argwhere(~done).tolist()} == failing
+    labels, probs = _outputs(run.output)
+    expected = softmax(reference_logits(model, image[None]))
+    for block in run.plan:
+        if block.index not in failing:
+            region = block.write.to_slices()
+            assert np.abs(probs[(slice(None), *region)]
+                          - expected[(slice(None), *region)]).max() <= 1e-4
+            assert (labels[region] == expected.argmax(0)[region]).mean() > 0.99
+        else:
+            assert not probs[(slice(None), *block.write.to_slices())].any()
+    assert len(progress) == 15
+    assert progress[-1] == (15 - len(failing), 15)
+
+
+@pytest.mark.cluster
+def test_run_plan_skips_and_counts(tmp_path: Path, make_model: Callable[..., Path],
+                                   client: Any) -> None:
+    model = make_model(depth=1)
+    image = _image((64, 96), seed=4)
+    run = _prepared(tmp_path, model, write_zarr(tmp_path / "in.zarr", image, (32, 32)))
+    skip = np.zeros(run.plan.grid, dtype=bool)
+    skip[1, 2] = True
+    summary = run_plan(client, run.plan, run.job, skip=skip, progress=False)
+    assert summary.blocks_total == 6
+    assert summary.blocks_skipped == 1
+    assert summary.blocks_done == 5
+    assert summary.pixels == image.size - 32 * 32
+    np.testing.assert_array_equal(done_blocks(run.output), ~skip)
+    # The skipped block is the only one left to do: a second pass does just it.
+    again = run_plan(client, run.plan, run.job, skip=done_blocks(run.output), progress=False)
+    assert (again.blocks_skipped, again.blocks_done, again.pixels) == (5, 1, 32 * 32)
+    labels, probs = _outputs(run.output)
+    expected = softmax(reference_logits(model, image[None]))
+    assert np.abs(probs - expected).max() <= 1e-4
+    assert (labels == expected.argmax(0)).mean() > 0.999

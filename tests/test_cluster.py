@@ -1,0 +1,164 @@
+"""connect(): what the clusters it starts or joins look like, and the specs it refuses.
+
+Already checked elsewhere and not repeated here: the local cluster listens on
+127.0.0.1 only (test_security.py), and in a fresh process two clusters in a row
+get MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX and the 1 s tick while the driver's
+tick comes back to 20ms (test_segment.py::test_two_local_clusters_in_a_fresh_process).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import time
+from typing import Any
+
+import pytest
+
+from unet_tiles.engine.cluster import (
+    CPU_WORKER_MALLOC,
+    LOCAL_CLUSTER_CONFIG,
+    ClusterInfo,
+    connect,
+    gpus_present,
+)
+from unet_tiles.errors import UsageError
+
+HAS_DASK_CUDA = importlib.util.find_spec("dask_cuda") is not None
+
+
+def _worker_settings() -> dict[str, Any]:
+    import dask
+
+    return {
+        "environ": {name: os.environ.get(name) for name in
+                    [*CPU_WORKER_MALLOC, "OMP_NUM_THREADS"]},
+        "config": {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG},
+    }
+
+
+def _scheduler_config() -> dict[str, Any]:
+    import dask
+
+    return {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG}
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = copy.deepcopy(value)
+    # distributed's scheduler appends "missing_bokeh" to this list in place each time it
+    # starts without bokeh: its own doing, not the config that connect() sets.
+    out.pop("distributed.scheduler.http.routes", None)
+    return out
+
+
+@pytest.fixture
+def no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_local_cpu_cluster_info_workers_and_config(no_gpus: None) -> None:
+    import dask
+    import distributed  # noqa: F401  (its defaults are part of the config compared)
+
+    cores = len(os.sched_getaffinity(0))
+    before = _flat(dask.config.config)
+    with connect("local", workers=1) as (client, info):  # no GPU: local means cpu
+        assert info == ClusterInfo("cpu", workers=1, threads_per_worker=1,
+                                   torch_threads=cores, resources=None, device=None)
+        assert list(client.nthreads().values()) == [1]
+        (settings,) = client.run(_worker_settings).values()
+        assert settings["environ"] == {**CPU_WORKER_MALLOC, "OMP_NUM_THREADS": "1"}
+        assert settings["config"] == LOCAL_CLUSTER_CONFIG
+        assert client.run_on_scheduler(_scheduler_config) == LOCAL_CLUSTER_CONFIG
+        # The worker's profiler is off: its profile holds no samples.
+        client.submit(time.sleep, 0.3, pure=False).result()
+        profile = client.profile()
+        assert profile["count"] == 0
+    # The driver's whole dask config is as it was, not just the keys set.
+    assert _flat(dask.config.config) == before
+    assert os.environ.get("MALLOC_ARENA_MAX") is None  # the driver's own malloc is untouched
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_torch_threads_share_the_cores_among_worker_threads() -> None:
+    cores = len(os.sched_getaffinity(0))
+    with connect("cpu", workers=1, threads_per_worker=2) as (client, info):
+        assert (info.kind, info.workers, info.threads_per_worker) == ("cpu", 1, 2)
+        assert info.torch_threads == max(1, cores // 2)
+        assert list(client.nthreads().values()) == [2]
+
+
+@pytest.mark.cluster
+def test_joining_a_running_scheduler(client: Any) -> None:
+    address = client.scheduler.address
+    with connect(address) as (joined, info):
+        assert joined.scheduler.address == address
+        assert info == ClusterInfo("remote", workers=2, threads_per_worker=1,
+                                   torch_threads=None, resources=None)
+        assert joined.submit(sum, [1, 2, 3]).result() == 6
+    # Leaving closes only the joined client; the cluster runs on.
+    assert joined.status == "closed"
+    assert client.submit(sum, [4, 5]).result() == 9
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "gpu", "CPU", "127.0.0.1:8786", ""])
+def test_unknown_spec_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(UsageError, match=rf"`cluster` '{spec}' is not one of local, cpu, cuda "
+                                         r"or a scheduler address such as tcp://127\.0\.0\.1"):
+        with connect(spec):
+            pass
+
+
+@pytest.mark.slow
+def test_unreachable_scheduler_is_a_usage_error() -> None:
+    # Port 9 (discard) refuses at once, but distributed retries until its connect
+    # timeout (20 s in cluster._remote): bounded, not instant.
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"`cluster` tcp://127\.0\.0\.1:9: cannot reach a dask "
+                                         r"scheduler there .*start one with 'dask scheduler'"):
+        with connect("tcp://127.0.0.1:9"):
+            pass
+    assert time.monotonic() - started < 40
+
+
+def test_tls_without_tls_config_is_a_usage_error() -> None:
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"`cluster` tls://127\.0\.0\.1:9: cannot reach .*TLS"):
+        with connect("tls://127.0.0.1:9"):
+            pass
+    assert time.monotonic() - started < 5
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(no_gpus: None) -> None:
+    assert gpus_present() == 0
+    message = "`cluster` cuda found no GPU; use `cluster` cpu" if HAS_DASK_CUDA else \
+        r"`cluster` cuda needs dask-cuda .*pip install 'unet-tiles\[gpu\]'"
+    with pytest.raises(UsageError, match=message):
+        with connect("cuda"):
+            pass
+
+
+@pytest.mark.skipif(HAS_DASK_CUDA, reason="would start a CUDA cluster")
+def test_local_with_gpus_but_no_dask_cuda_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.raises(UsageError, match="needs dask-cuda"):
+        with connect("local"):
+            pass
+
+
+@pytest.mark.parametrize(("visible", "count"), [
+    ("", 0), ("-1", 0), ("0", 1), ("0,1", 2), ("0, 2, 3", 3), ("GPU-3f2a,GPU-77b1", 2)])
+def test_gpus_present_follows_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch,
+                                                   visible: str, count: int) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert gpus_present() == count
