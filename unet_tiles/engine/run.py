@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from unet_tiles import __version__
 from unet_tiles.engine.blocks import BlockJob, RunSummary, run_plan, run_serial, warm_worker
 from unet_tiles.engine.lock import RunLock
+from unet_tiles.engine.pyramid import build_pyramid
 from unet_tiles.errors import InputError, OutputConflictError, UsageError
 from unet_tiles.pipeline import writer
 from unet_tiles.pipeline.plan import block_shape, check_block_size, make_plan, output_chunks
@@ -44,11 +45,14 @@ if TYPE_CHECKING:
 
     from unet_tiles.engine.cluster import ClusterInfo
     from unet_tiles.model.unet import UNet
+    from unet_tiles.pipeline.ome_output import OmeLayout
     from unet_tiles.pipeline.plan import BlockPlan
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_KINDS = ("labels", "probabilities", "both")
+# auto: the OME layout for an OME-Zarr input, the plain one otherwise (writer.py).
+OUTPUT_FORMATS = ("auto", "plain", "ome")
 PROBABILITY_DTYPES = ("float16", "float32")
 # Defaults measured with bench/throughput.py on 2 CPU cores (bench/README.md).
 DEFAULT_BLOCK = {2: 2048, 3: 128}
@@ -73,6 +77,12 @@ class SegmentRequest:
     # zarr skips writing chunks equal to the fill value by default; such stores
     # need this, every other store is better served by the "input incomplete" error.
     allow_missing_chunks: bool = False
+    output_format: str = "auto"
+    # Write the labels into the OME-Zarr input's own labels group, as labels/<label_name>.
+    into_source: bool = False
+    label_name: str = "unet-tiles"
+    # The OME-Zarr multiscales level to segment (0: full resolution).
+    level: int = 0
 
     def __post_init__(self) -> None:
         if self.output_kind not in OUTPUT_KINDS:
@@ -81,6 +91,26 @@ class SegmentRequest:
             raise UsageError(f"`dtype` {self.dtype!r} must be one of {PROBABILITY_DTYPES}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"`batch_size` must be at least 1, got {self.batch_size}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise UsageError(f"`output_format` {self.output_format!r} must be one of "
+                             f"{OUTPUT_FORMATS}")
+        if self.into_source:
+            if self.output_format == "plain":
+                raise UsageError("`into_source` writes OME-Zarr labels; it cannot be combined "
+                                 "with `output_format` plain")
+            if not self.label_name or "/" in self.label_name or self.label_name.startswith("."):
+                raise UsageError(f"`label_name` {self.label_name!r} must be a plain name")
+            # The output is the input's labels/<name>: derived, never given.
+            inside = into_source_output(self.input, self.label_name)
+            if self.output and self.output.rstrip("/") != inside:
+                raise UsageError(f"with `into_source` the output is {inside!r}; give no "
+                                 "other output")
+            object.__setattr__(self, "output", inside)
+
+
+def into_source_output(input_url: str, label_name: str) -> str:
+    """Where ``into_source`` writes: the input image's ``labels/<label_name>``."""
+    return f"{input_url.rstrip('/')}/labels/{label_name}"
 
 
 @dataclass(eq=False)
@@ -120,7 +150,11 @@ class Run:
         """Hold the output's run lock: a second run on this output refuses (lock.py)."""
         if self._lock is not None:
             raise RuntimeError(f"the run on {self.output!r} is already locked")
-        with RunLock(self.output) as lock:
+        # Labels written into the input are locked beside the input image (its
+        # labels group may not exist yet, and the lock must not create it).
+        target = f"{self.request.input.rstrip('/')}.labels.{self.request.label_name}" \
+            if self.request.into_source else self.output
+        with RunLock(target) as lock:
             self._lock = lock
             try:
                 yield self
@@ -164,11 +198,15 @@ class Run:
             resources = info.resources
         skip = writer.done_blocks(self.output)
         if client is None:
-            return run_serial(self.plan, job, skip=skip)
+            summary = run_serial(self.plan, job, skip=skip)
+            build_pyramid(None, job.output, self.plan)
+            return summary
         if not skip.all():
             client.run(warm_worker, job)
-        return run_plan(client, self.plan, job, skip=skip, progress=progress,
-                        resources=resources, on_block=on_block, **kwargs)
+        summary = run_plan(client, self.plan, job, skip=skip, progress=progress,
+                           resources=resources, on_block=on_block, **kwargs)
+        build_pyramid(client, job.output, self.plan)
+        return summary
 
     def finalize(self) -> None:
         """Mark the output complete."""
@@ -211,8 +249,10 @@ def validate(request: SegmentRequest) -> Run:
     """Check everything that can be checked before writing a byte; the run to do."""
     model, digest = model_and_hash(request.model_dir)
     config = model.config
-    _check_paths(request.input, request.output)
-    source = open_source(request.input, request.axes, config.in_channels, config.dims)
+    if not request.into_source:
+        _check_paths(request.input, request.output)
+    source = open_source(request.input, request.axes, config.in_channels, config.dims,
+                         level=request.level)
     _check_axes(source, config.dims, config.in_channels)
     out_axes = source.axes.replace("c", "")
     shape = tuple(source.axis_size(a) for a in out_axes)
@@ -226,6 +266,7 @@ def validate(request: SegmentRequest) -> Run:
     blocks = block_shape(shape, chunks, config.dims, request.block_size,
                          DEFAULT_BLOCK[config.dims])
     plan = make_plan(shape, config.dims, chunks, blocks, model, tile)
+    layout = _ome_layout(request, source, out_axes, shape, config.dims)
     spec = OutputSpec(
         url=request.output,
         axes=out_axes,
@@ -235,6 +276,9 @@ def validate(request: SegmentRequest) -> Run:
         want_labels=request.output_kind in ("labels", "both"),
         want_probabilities=request.output_kind in ("probabilities", "both"),
         probability_dtype=request.dtype,
+        ome=layout,
+        labels_group=into_source_output(request.input, "").rstrip("/")
+        if request.into_source else None,
     )
     parameters = {
         "output": request.output_kind,
@@ -244,6 +288,9 @@ def validate(request: SegmentRequest) -> Run:
         "block_shape": list(blocks),
         "tile_out": tile,
         "allow_missing_chunks": request.allow_missing_chunks,
+        "level": request.level,
+        "format": "plain" if layout is None else f"ome-{layout.version}",
+        "levels": 1 if layout is None else len(layout.levels),
     }
     input_identity = {**source.to_dict(), "fingerprint": fingerprint(source)}
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
@@ -314,6 +361,36 @@ def _check_paths(input_url: str, output_url: str) -> None:
         )
     if not os.access(parent, os.W_OK):
         raise OutputConflictError(f"output's folder {str(parent)!r} is not writable")
+
+
+def _ome_layout(request: SegmentRequest, source: ImageSource, out_axes: str,
+                shape: tuple[int, ...], dims: int) -> OmeLayout | None:
+    """The OME layout the output gets, or None for the plain one."""
+    from unet_tiles.pipeline.ome_output import plain_layout, source_layout
+
+    fmt = request.output_format
+    if fmt == "plain" or (fmt == "auto" and source.ome_version is None
+                          and not request.into_source):
+        return None
+    if request.into_source:
+        if source.ome_version is None:
+            raise InputError(f"input {request.input!r} is not an OME-Zarr image; "
+                             "`into_source` adds labels to OME-Zarr images only")
+        if is_remote(request.input) or not os.access(request.input, os.W_OK):
+            raise OutputConflictError(f"input {request.input!r} is not writable; "
+                                      "`into_source` needs a writable image store")
+        image = "../../"
+    elif is_remote(request.input) or is_remote(request.output):
+        image = request.input
+    else:
+        image = os.path.relpath(Path(request.input).resolve(),
+                                Path(request.output).resolve())
+    if source.ome_version is not None:
+        version = "0.4" if source.ome_version.startswith("0.4") else "0.5"
+        return source_layout(source.url, version, source.axes, out_axes,
+                             getattr(request, "level", 0), image)
+    version = "0.4" if source.zarr_format == 2 else "0.5"
+    return plain_layout(shape, out_axes, dims, version, image)
 
 
 def _check_axes(source: ImageSource, dims: int, in_channels: int) -> None:

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from unet_tiles.archive.discover import ImageRef, find_images
-from unet_tiles.engine.run import SegmentRequest, validate
+from unet_tiles.engine.run import SegmentRequest, into_source_output, validate
 from unet_tiles.errors import ArchiveFailedError, UsageError
 
 from .report import artifact_key, progress_artifact, table
@@ -72,9 +72,12 @@ def plan_step(images: list[ImageRef], output_root: str,
     logger = get_run_logger()
     planned = []
     for image in images:
-        output = image.output_url(output_root)
+        # Into the source, each image's output is its own labels group.
+        output = into_source_output(image.url, options["label_name"]) \
+            if options["into_source"] else image.output_url(output_root)
         try:
-            make_parent(output)
+            if not options["into_source"]:
+                make_parent(output)
             with flow_wording():
                 run, decision = validate(
                     SegmentRequest(input=image.url, output=output, **options)).unattended()
@@ -113,6 +116,10 @@ def segment_archive(
     axes: str | None = None,
     device: str = "auto",
     allow_missing_chunks: bool = False,
+    output_format: str = "auto",
+    into_source: bool = False,
+    label_name: str = "unet-tiles",
+    level: int = 0,
     cluster: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -124,6 +131,8 @@ def segment_archive(
         root: archive folder, local path or fsspec URL, searched recursively.
         output_root: outputs go to ``output_root/<path under root>``.
         model_dir: a model directory (config.json + weights.safetensors).
+        level: the OME-Zarr multiscales level of each image to segment (0: full
+            resolution).
         cluster: ``local``, ``cpu``, ``cuda`` or ``tcp://host:port``; default
             ``$UNET_TILES_CLUSTER`` of the worker, else ``local``.
         max_concurrent: images in flight at once on the shared cluster.
@@ -137,7 +146,9 @@ def segment_archive(
         raise UsageError(f"max_concurrent must be at least 1, got {max_concurrent}")
     options = {"model_dir": model_dir, "output_kind": output_kind, "dtype": dtype,
                "block_size": block_size, "tile_size": tile_size, "batch_size": batch_size,
-               "axes": axes, "device": device, "allow_missing_chunks": allow_missing_chunks}
+               "axes": axes, "device": device, "allow_missing_chunks": allow_missing_chunks,
+               "output_format": output_format, "into_source": into_source,
+               "label_name": label_name, "level": level}
     images = discover_step(root, output_root)
     planned = plan_step(images, output_root, options)
     todo = [o for o in planned if o.status == "todo"]

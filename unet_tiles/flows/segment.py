@@ -39,6 +39,10 @@ def segment_image(
     device: str = "auto",
     overwrite: bool = False,
     allow_missing_chunks: bool = False,
+    output_format: str = "auto",
+    into_source: bool = False,
+    label_name: str = "unet-tiles",
+    level: int = 0,
     cluster: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -55,6 +59,7 @@ def segment_image(
         workers: workers of a local cluster; default ``$UNET_TILES_WORKERS``.
         allow_missing_chunks: read absent input chunks as fill value (stores
             written with zarr's default of skipping empty chunks).
+        level: the OME-Zarr multiscales level to segment (0: full resolution).
         make_parent_dirs: create the output's folder (arrival runs write into
             a mirror of the watched tree).
 
@@ -68,7 +73,8 @@ def segment_image(
             input=input, output=output, model_dir=model_dir, output_kind=output_kind,
             dtype=dtype, block_size=block_size, tile_size=tile_size, axes=axes,
             overwrite=overwrite, batch_size=batch_size, device=device,
-            allow_missing_chunks=allow_missing_chunks,
+            allow_missing_chunks=allow_missing_chunks, output_format=output_format,
+            into_source=into_source, label_name=label_name, level=level,
         )
         choice = cluster_choice(cluster, workers, threads_per_worker)
     if make_parent_dirs:

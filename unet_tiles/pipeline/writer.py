@@ -1,12 +1,16 @@
 """The output store: arrays, chunk-aligned block writes, done-markers, provenance.
 
-Layout of OUTPUT (a zarr v3 group)::
+The plain layout of OUTPUT (a zarr v3 group; the contract in DESIGN.md)::
 
     OUTPUT/
       zarr.json          attrs["unet_tiles"]: the provenance record (provenance.py)
       labels/            argmax class, the input's axes without c
       probabilities/     softmax, (..., K, *spatial)
       done/              uint8, one chunk per block: written after the block's data
+
+The OME layout (``ome_output.py``; docs/output.md) is an NGFF label image of the
+source's NGFF version: label levels ``0/ 1/ ...``, ``probabilities/`` an NGFF
+image with the same levels, ``done/`` and ``pyramid/<level>`` done-markers.
 
 A block's done chunk is written only after all of its data chunks, so a
 crashed run leaves no block marked done that is not fully written (invariant 3).
@@ -18,11 +22,13 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from unet_tiles.pipeline import ome_output
 from unet_tiles.pipeline.provenance import ATTRS_KEY, Provenance
+from unet_tiles.pipeline.pyramid import block_grid
 from unet_tiles.pipeline.source import is_remote
 
 if TYPE_CHECKING:
@@ -34,6 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DONE = "done"
+PYRAMID = "pyramid"
+PROBABILITIES = "probabilities"
 
 
 @dataclass(frozen=True)
@@ -48,10 +56,30 @@ class OutputSpec:
     want_labels: bool
     want_probabilities: bool
     probability_dtype: str
+    # None: the plain layout; else the OME layout's levels and metadata.
+    ome: ome_output.OmeLayout | None = None
+    # OME layout into a source image: its ``labels`` group, which lists this output.
+    labels_group: str | None = None
 
     @property
     def labels_dtype(self) -> str:
         return "uint8" if self.classes <= 256 else "uint16"
+
+    @property
+    def levels(self) -> int:
+        return 1 if self.ome is None else len(self.ome.levels)
+
+    def labels_path(self, level: int = 0) -> str:
+        return "labels" if self.ome is None else self.ome.levels[level].path
+
+    def probabilities_path(self, level: int = 0) -> str:
+        return PROBABILITIES if self.ome is None else \
+            f"{PROBABILITIES}/{self.ome.levels[level].path}"
+
+    def channel_index(self, lead: int) -> int:
+        """Where probabilities keep the class axis: after the leading axes (plain),
+        at NGFF's place for ``c`` (OME)."""
+        return lead if self.ome is None else self.ome.channel_index
 
 
 def read_record(url: str) -> Provenance | None:
@@ -89,25 +117,59 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
     """Create the output's arrays, then its provenance record (status running)."""
     import zarr
 
-    group = zarr.open_group(store=spec.url, mode="w", zarr_format=3)
-    lead = plan.lead
-    if spec.want_labels:
-        group.create_array(
-            "labels", shape=plan.shape, chunks=plan.chunks, dtype=spec.labels_dtype,
-            fill_value=0, dimension_names=tuple(spec.axes),
-        )
-    if spec.want_probabilities:
-        axes = spec.axes[:lead] + "c" + spec.axes[lead:]
-        group.create_array(
-            "probabilities",
-            shape=(*plan.shape[:lead], spec.classes, *plan.shape[lead:]),
-            chunks=(*plan.chunks[:lead], spec.classes, *plan.chunks[lead:]),
-            dtype=spec.probability_dtype, fill_value=0, dimension_names=tuple(axes),
-        )
+    layout = spec.ome
+    group = zarr.open_group(store=spec.url, mode="w",
+                            zarr_format=3 if layout is None else layout.zarr_format)
+    attrs: dict[str, Any] = {}
+    at = spec.channel_index(plan.lead)
+    axes_c = spec.axes[:at] + "c" + spec.axes[at:]
+    options: dict[str, Any] = {"dimension_names": tuple(spec.axes)} if layout is None \
+        else ome_output.array_options(layout, spec.axes)
+    c_options: dict[str, Any] = {"dimension_names": tuple(axes_c)} if layout is None \
+        else ome_output.array_options(layout, axes_c)
+    probabilities = group if layout is None or not spec.want_probabilities else \
+        group.create_group(PROBABILITIES)
+    for level in range(spec.levels):
+        shape = plan.shape if layout is None else layout.levels[level].shape
+        chunks = tuple(min(c, n) for c, n in zip(plan.chunks, shape, strict=True))
+        if spec.want_labels:
+            group.create_array(spec.labels_path(level), shape=shape, chunks=chunks,
+                               dtype=spec.labels_dtype, fill_value=0, **options)
+        if spec.want_probabilities:
+            name = PROBABILITIES if layout is None else layout.levels[level].path
+            probabilities.create_array(
+                name, shape=(*shape[:at], spec.classes, *shape[at:]),
+                chunks=(*chunks[:at], spec.classes, *chunks[at:]),
+                dtype=spec.probability_dtype, fill_value=0, **c_options)
+        if level > 0:
+            # A level's blocks have level 0's block shape in pixels (whole chunks).
+            grid = block_grid(shape, plan.block_shape)
+            group.require_group(PYRAMID).create_array(
+                str(level), shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0)
     group.create_array(DONE, shape=plan.grid, chunks=(1,) * len(plan.grid), dtype="uint8",
                        fill_value=0)
+    if layout is not None:
+        if spec.want_labels:
+            attrs.update(ome_output.label_image_attrs(layout, spec.class_names, spec.classes))
+        if spec.want_probabilities:
+            probabilities.attrs.update(
+                ome_output.probability_image_attrs(layout, spec.class_names, spec.classes))
+        if spec.labels_group is not None:
+            _list_in_labels_group(spec.labels_group, spec.url, layout.version)
     # The record goes last: an output without it is not trusted by a rerun.
-    group.attrs[ATTRS_KEY] = record.with_status("running").to_dict()
+    group.attrs.update({**attrs, ATTRS_KEY: record.with_status("running").to_dict()})
+
+
+def _list_in_labels_group(labels_url: str, url: str, version: str) -> None:
+    """Add this output's name to its source image's ``labels`` group."""
+    import zarr
+
+    zarr_format: Literal[2, 3] = 2 if version == "0.4" else 3
+    labels = zarr.open_group(store=labels_url, mode="a", zarr_format=zarr_format)
+    names = ome_output.listed_labels(dict(labels.attrs))
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    if name not in names:
+        labels.attrs.update(ome_output.labels_group_attrs(version, [*names, name]))
 
 
 def output_exists(url: str) -> bool:
@@ -143,35 +205,67 @@ class OpenOutput:
     labels: zarr.Array[Any] | None
     probabilities: zarr.Array[Any] | None
     done: zarr.Array[Any]
+    channel_index: int
 
 
-def open_output(url: str) -> OpenOutput:
+def open_output(spec: OutputSpec) -> OpenOutput:
     import zarr
 
-    group = zarr.open_group(store=url, mode="r+")
-    names = set(group.array_keys())
+    group = zarr.open_group(store=spec.url, mode="r+")
+    lead = len(spec.axes) - spec.dims
     return OpenOutput(
-        labels=group["labels"] if "labels" in names else None,  # type: ignore[arg-type]
-        probabilities=group["probabilities"] if "probabilities" in names else None,  # type: ignore[arg-type]
-        done=group[DONE],  # type: ignore[arg-type]
+        labels=_array(group, spec.labels_path()) if spec.want_labels else None,
+        probabilities=_array(group, spec.probabilities_path())
+        if spec.want_probabilities else None,
+        done=_array(group, DONE),
+        channel_index=spec.channel_index(lead),
     )
+
+
+def open_level(spec: OutputSpec, level: int) -> tuple[zarr.Array[Any] | None,
+                                                        zarr.Array[Any] | None,
+                                                        zarr.Array[Any]]:
+    """(labels, probabilities, done-markers) of a pyramid level >= 1."""
+    import zarr
+
+    group = zarr.open_group(store=spec.url, mode="r+")
+    return (_array(group, spec.labels_path(level)) if spec.want_labels else None,
+            _array(group, spec.probabilities_path(level)) if spec.want_probabilities else None,
+            _array(group, f"{PYRAMID}/{level}"))
+
+
+def _array(group: zarr.Group, path: str) -> zarr.Array[Any]:
+    node = group[path]
+    if not hasattr(node, "shape"):
+        raise KeyError(f"{path} in {group.store_path} is not an array")
+    return node  # type: ignore[return-value]
 
 
 def write_block(output: OpenOutput, block: Block, result: BlockResult) -> None:
     """Write the block's chunks, then its done-marker (never before)."""
     slices = block.write.to_slices()
-    lead = block.lead
     if output.labels is not None and result.labels is not None:
         output.labels[slices] = result.labels.reshape(block.write.shape)
     if output.probabilities is not None and result.probabilities is not None:
+        at = output.channel_index
         classes = result.probabilities.shape[0]
-        shape = (*block.write.shape[:lead], classes, *block.write.shape[lead:])
-        output.probabilities[(*slices[:lead], slice(None), *slices[lead:])] = (
+        shape = (*block.write.shape[:at], classes, *block.write.shape[at:])
+        output.probabilities[(*slices[:at], slice(None), *slices[at:])] = (
             result.probabilities.reshape(shape)
         )
-    output.done[tuple(slice(i, i + 1) for i in block.index)] = np.ones(
-        (1,) * len(block.index), dtype=np.uint8
-    )
+    mark_done(output.done, block.index)
+
+
+def mark_done(done: zarr.Array[Any], index: tuple[int, ...]) -> None:
+    done[tuple(slice(i, i + 1) for i in index)] = np.ones((1,) * len(index), dtype=np.uint8)
+
+
+def pyramid_done(url: str, level: int) -> np.ndarray:
+    """Boolean grid of a pyramid level's done-markers."""
+    import zarr
+
+    return np.asarray(zarr.open_array(store=url, path=f"{PYRAMID}/{level}", mode="r")[...]) \
+        .astype(bool)
 
 
 def finalize(url: str) -> None:

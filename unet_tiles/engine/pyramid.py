@@ -1,0 +1,87 @@
+"""The OME layout's pyramid, level by level on the cluster (``pipeline/pyramid.py``).
+
+Level ``i`` needs all of level ``i - 1``: the levels run one after the other,
+the blocks of a level in parallel, one dask task each (read a slab of the level
+below, downsample, write, mark done). Done blocks are skipped, so a killed run
+resumes its pyramid; the result is the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from unet_tiles.engine.faults import with_retries
+from unet_tiles.errors import BlockFailedError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from unet_tiles.pipeline.geometry import Box
+    from unet_tiles.pipeline.plan import BlockPlan
+    from unet_tiles.pipeline.writer import OutputSpec
+
+
+def process_level_block(spec: OutputSpec, level: int, index: tuple[int, ...], box: Box) -> int:
+    """Level ``level``'s block ``box`` from level ``level - 1``; its pixels."""
+    from unet_tiles.pipeline.geometry import Box
+    from unet_tiles.pipeline.pyramid import downsample_block
+    from unet_tiles.pipeline.writer import mark_done, open_level, open_output
+
+    def write() -> None:
+        if level == 1:
+            base = open_output(spec)
+            below = (base.labels, base.probabilities)
+        else:
+            labels_below, probabilities_below, _ = open_level(spec, level - 1)
+            below = (labels_below, probabilities_below)
+        labels, probabilities, done = open_level(spec, level)
+        if labels is not None and below[0] is not None:
+            downsample_block(below[0], labels, box)
+        if probabilities is not None and below[1] is not None:
+            at = spec.ome.channel_index if spec.ome is not None else 0
+            with_c = box.leading(box.ndim - at).concat(
+                Box((0,), (spec.classes,))).concat(box.spatial(box.ndim - at))
+            downsample_block(below[1], probabilities, with_c)
+        mark_done(done, index)
+
+    with_retries(write, f"writing pyramid level {level} block {index}", spec.url)
+    return box.size
+
+
+def build_pyramid(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> int:
+    """Every pyramid level's blocks not yet done; the pixels written."""
+    from distributed import wait
+
+    from unet_tiles.pipeline.pyramid import level_blocks
+    from unet_tiles.pipeline.writer import pyramid_done
+
+    if spec.ome is None:
+        return 0
+    pixels = 0
+    for level in range(1, spec.levels):
+        done = pyramid_done(spec.url, level)
+        todo = [(index, box) for index, box in level_blocks(spec.ome.levels[level].shape,
+                                                              plan.block_shape)
+                if not done[index]]
+        if client is None:
+            pixels += sum(process_level_block(spec, level, i, b) for i, b in todo)
+            continue
+        token = f"{time.monotonic_ns():x}"
+        futures = [client.submit(process_level_block, spec, level, index, box, pure=False,
+                                 key=f"pyramid-{level}-{'.'.join(map(str, index))}-{token}")
+                   for index, box in todo]
+        wait(futures)
+        failed = [(i, f) for (i, _), f in zip(todo, futures, strict=True) if f.status != "finished"]
+        if failed:
+            index, future = failed[0]
+            error: Any = future.exception()
+            raise BlockFailedError(
+                f"{len(failed)} of {len(todo)} blocks of pyramid level {level} failed; first: "
+                f"{index}: {type(error).__name__}: {error}. Rerun the same command to finish "
+                "the pyramid", [{"level": level, "index": list(i)} for i, _ in failed])
+        pixels += sum(int(f.result()) for f in futures)
+    return pixels
+
+
+__all__ = ["build_pyramid", "process_level_block"]
