@@ -32,7 +32,13 @@ from unet_tiles.engine.lock import RunLock
 from unet_tiles.engine.pyramid import build_pyramid
 from unet_tiles.errors import InputError, OutputConflictError, UsageError
 from unet_tiles.pipeline import writer
-from unet_tiles.pipeline.plan import block_shape, check_block_size, make_plan, output_chunks
+from unet_tiles.pipeline.plan import (
+    block_shape,
+    check_block_size,
+    make_plan,
+    output_chunks,
+    shard_shape,
+)
 from unet_tiles.pipeline.provenance import Decision, Provenance
 from unet_tiles.pipeline.repair import repaired_input_resumes
 from unet_tiles.pipeline.source import ImageSource, fingerprint, is_remote, open_source
@@ -83,6 +89,8 @@ class SegmentRequest:
     label_name: str = "unet-tiles"
     # The OME-Zarr multiscales level to segment (0: full resolution).
     level: int = 0
+    # zarr v3 shard edge in px (whole output chunks); None: no sharding.
+    shard: int | None = None
 
     def __post_init__(self) -> None:
         if self.output_kind not in OUTPUT_KINDS:
@@ -91,6 +99,8 @@ class SegmentRequest:
             raise UsageError(f"`dtype` {self.dtype!r} must be one of {PROBABILITY_DTYPES}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"`batch_size` must be at least 1, got {self.batch_size}")
+        if self.shard is not None and self.shard < 1:
+            raise UsageError(f"`shard` must be at least 1 px, got {self.shard}")
         if self.output_format not in OUTPUT_FORMATS:
             raise UsageError(f"`output_format` {self.output_format!r} must be one of "
                              f"{OUTPUT_FORMATS}")
@@ -263,10 +273,16 @@ def validate(request: SegmentRequest) -> Run:
     if tile < model.divisor:
         raise UsageError(f"`tile_size` {tile} is below the model's pooling grid {model.divisor}")
     chunks = output_chunks(shape, in_chunks, config.dims, request.block_size)
-    blocks = block_shape(shape, chunks, config.dims, request.block_size,
+    shards = None if request.shard is None else \
+        shard_shape(shape, chunks, config.dims, request.shard)
+    # With shards, blocks are unions of whole shards: no two tasks write one shard.
+    blocks = block_shape(shape, shards or chunks, config.dims, request.block_size,
                          DEFAULT_BLOCK[config.dims])
-    plan = make_plan(shape, config.dims, chunks, blocks, model, tile)
+    plan = make_plan(shape, config.dims, chunks, blocks, model, tile, shards)
     layout = _ome_layout(request, source, out_axes, shape, config.dims)
+    if shards is not None and layout is not None and layout.zarr_format == 2:
+        raise UsageError("`shard` needs zarr v3: NGFF 0.4 outputs are zarr v2; use an "
+                         "NGFF 0.5 input, `output_format` plain, or no sharding")
     spec = OutputSpec(
         url=request.output,
         axes=out_axes,
@@ -291,6 +307,7 @@ def validate(request: SegmentRequest) -> Run:
         "level": request.level,
         "format": "plain" if layout is None else f"ome-{layout.version}",
         "levels": 1 if layout is None else len(layout.levels),
+        "shards": None if shards is None else list(shards),
     }
     input_identity = {**source.to_dict(), "fingerprint": fingerprint(source)}
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),

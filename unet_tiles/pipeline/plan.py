@@ -104,15 +104,22 @@ class BlockPlan:
     divisor: int
     tile_out: int
     min_size_in: int
+    # zarr v3 shards (each one store object of whole chunks), or None.
+    shards: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for axis, (c, b) in enumerate(zip(self.chunks, self.block_shape, strict=True)):
-            if c <= 0 or b % c:
-                # Blocks are unions of whole chunks: no two tasks may write one chunk.
-                raise ValueError(
-                    f"block shape {self.block_shape} is not a multiple of chunks {self.chunks} "
-                    f"on axis {axis}"
-                )
+        units = {"chunks": self.chunks, **({"shards": self.shards} if self.shards else {})}
+        for what, unit in units.items():
+            for axis, (c, b) in enumerate(zip(unit, self.block_shape, strict=True)):
+                if c <= 0 or b % c:
+                    # Blocks are unions of whole chunks (and shards): no two tasks may
+                    # write one; concurrent partial-shard writes lose data in zarr.
+                    raise ValueError(
+                        f"block shape {self.block_shape} is not a multiple of {what} {unit} "
+                        f"on axis {axis}"
+                    )
+        if self.shards and any(s % c for s, c in zip(self.shards, self.chunks, strict=True)):
+            raise ValueError(f"shards {self.shards} are not whole chunks {self.chunks}")
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -170,10 +177,25 @@ def tile_axis(a: int, b: int, halo: int, divisor: int, tile_out: int,
 
 
 def make_plan(shape: Sequence[int], dims: int, chunks: Sequence[int],
-              block_shape: Sequence[int], model: ModelGeometry, tile_out: int) -> BlockPlan:
+              block_shape: Sequence[int], model: ModelGeometry, tile_out: int,
+              shards: Sequence[int] | None = None) -> BlockPlan:
     """A plan for ``model``'s geometry (anything with ``halo``, ``divisor``, ``valid_size``)."""
     return BlockPlan(tuple(shape), tuple(chunks), tuple(block_shape), dims, tuple(model.halo),
-                     model.divisor, tile_out, model.valid_size(1))
+                     model.divisor, tile_out, model.valid_size(1),
+                     tuple(shards) if shards else None)
+
+
+def shard_shape(shape: Sequence[int], chunks: Sequence[int], dims: int,
+                shard_px: int) -> tuple[int, ...]:
+    """Shards of about ``shard_px`` per spatial axis in whole chunks (leading axes:
+    one chunk), never more chunks than cover the image."""
+    lead = len(shape) - dims
+    shards = list(chunks[:lead])
+    for axis in range(lead, len(shape)):
+        c = chunks[axis]
+        count = max(1, round(shard_px / c))
+        shards.append(min(count, -(-int(shape[axis]) // c)) * c)
+    return tuple(shards)
 
 
 def output_chunks(shape: Sequence[int], input_chunks: Sequence[int], dims: int,

@@ -132,14 +132,17 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
     for level in range(spec.levels):
         shape = plan.shape if layout is None else layout.levels[level].shape
         chunks = tuple(min(c, n) for c, n in zip(plan.chunks, shape, strict=True))
+        # Level 0 is sharded as planned; pyramid levels are small: chunks only.
+        shards = plan.shards if level == 0 else None
         if spec.want_labels:
             group.create_array(spec.labels_path(level), shape=shape, chunks=chunks,
-                               dtype=spec.labels_dtype, fill_value=0, **options)
+                               shards=shards, dtype=spec.labels_dtype, fill_value=0, **options)
         if spec.want_probabilities:
             name = PROBABILITIES if layout is None else layout.levels[level].path
             probabilities.create_array(
                 name, shape=(*shape[:at], spec.classes, *shape[at:]),
                 chunks=(*chunks[:at], spec.classes, *chunks[at:]),
+                shards=None if shards is None else (*shards[:at], spec.classes, *shards[at:]),
                 dtype=spec.probability_dtype, fill_value=0, **c_options)
         if level > 0:
             # A level's blocks have level 0's block shape in pixels (whole chunks).
