@@ -18,13 +18,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from unet_tiles import __version__
+from unet_tiles.cli.config import parse_command_line
 from unet_tiles.cli.options import flag_for
 from unet_tiles.errors import RunFailedError, UnetTilesError, spell_parameters
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-COMMANDS = ("init_model", "segment", "train", "demo", "archive", "watch", "bench")
+COMMANDS = ("init_model", "segment", "train", "demo", "archive", "watch", "bench", "inspect")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        # --config FILE: its options merged in, the command line's flags winning.
+        args = parse_command_line(parser, argv)
+    except UnetTilesError as exc:
+        print(f"unet-tiles: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from unet_tiles.cli.options import (
     add_cluster_options,
+    add_config_option,
     add_request_options,
     cluster_options,
     request_options,
@@ -35,6 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_cluster_options(p, default=None)
     p.add_argument("--max-concurrent", type=int, default=2, metavar="N",
                    help="images segmented at once on the shared cluster (default 2)")
+    add_config_option(p)
     return p
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from unet_tiles.engine.run import OUTPUT_KINDS, PROBABILITY_DTYPES
+from unet_tiles.engine.run import OUTPUT_FORMATS, OUTPUT_KINDS, PROBABILITY_DTYPES
 
 if TYPE_CHECKING:
     import argparse
@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda")
 # SegmentRequest fields set by add_request_options (model_dir by add_model).
 REQUEST_FIELDS = ("model_dir", "output_kind", "dtype", "block_size", "tile_size", "batch_size",
-                  "axes", "device", "allow_missing_chunks")
+                  "axes", "device", "allow_missing_chunks", "output_format", "into_source",
+                  "label_name", "level", "shard", "configuration")
 
 
 def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -43,6 +44,21 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
                        help="tiles per forward pass (default: 1 on CPU, 8 on GPU)")
     group.add_argument("--axes", default=None, help="input axes, e.g. yx, cyx, zyx, tczyx")
     group.add_argument("--device", default="auto", choices=DEVICES)
+    group.add_argument("--shard", type=int, default=None, metavar="N",
+                       help="zarr v3 shards of about N px a side (whole output chunks; blocks "
+                       "become whole shards); default: no sharding")
+    group.add_argument("--level", type=int, default=0, metavar="N",
+                       help="OME-Zarr multiscales level to segment (default 0: full resolution)")
+    group.add_argument("--format", dest="output_format", default="auto",
+                       choices=OUTPUT_FORMATS,
+                       help="output layout: auto (OME-Zarr for an OME-Zarr input, else plain "
+                       "zarr), plain, or ome (an NGFF label image with a pyramid); "
+                       "docs/output.md")
+    group.add_argument("--into-source", action="store_true",
+                       help="write the labels into the OME-Zarr input's labels/NAME "
+                       "(the image arrays are never touched)")
+    group.add_argument("--label-name", default="unet-tiles", metavar="NAME",
+                       help="name of the label image with --into-source (default unet-tiles)")
     group.add_argument("--allow-missing-chunks", action="store_true",
                        help="read missing input chunks as the fill value (for stores written "
                        "without empty chunks); by default a missing chunk fails its block")
@@ -68,9 +84,19 @@ def add_no_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_config_option(p: argparse.ArgumentParser) -> None:
+    """``--config FILE``: the command's options from YAML (``cli/config.py``)."""
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="read this command's options from a YAML file: keys are the long "
+                   "option names (block_size or block-size) and the positional arguments "
+                   "by name; flags given on the command line override it")
+
+
 def request_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``SegmentRequest`` fields the request options set."""
-    return {name: getattr(args, name) for name in REQUEST_FIELDS}
+    """The ``SegmentRequest`` fields the request options set, and the effective
+    configuration (cli/config.py) for the provenance record."""
+    options = {name: getattr(args, name) for name in REQUEST_FIELDS if name != "configuration"}
+    return {**options, "configuration": getattr(args, "effective_config", None)}
 
 
 def cluster_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from unet_tiles.cli.options import (
     add_cluster_options,
+    add_config_option,
     add_prefect,
     add_request_options,
     cluster_options,
@@ -55,6 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_request_options(p)
     add_cluster_options(p)
     add_prefect(p, "emit an event per arrival for the on-arrival deployment")
+    add_config_option(p)
     return p
 
 
@@ -93,7 +95,7 @@ def _check_event_options(parser: argparse.ArgumentParser, options: dict[str, Any
     from unet_tiles.errors import UsageError
 
     for name, value in options.items():
-        if name not in EVENT_OPTIONS and value != parser.get_default(name):
+        if name not in (*EVENT_OPTIONS, "configuration") and value != parser.get_default(name):
             raise UsageError(
                 f"`{name}` is not carried by arrival events; set it among the on-arrival "
                 "deployment's parameters (deploy/prefect.yaml) instead"

@@ -91,6 +91,9 @@ class SegmentRequest:
     level: int = 0
     # zarr v3 shard edge in px (whole output chunks); None: no sharding.
     shard: int | None = None
+    # The options as the user gave them (CLI and --config merged): recorded in the
+    # provenance, never compared (cli/config.py).
+    configuration: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.output_kind not in OUTPUT_KINDS:
@@ -313,8 +316,9 @@ def validate(request: SegmentRequest) -> Run:
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
                    model_hash=digest, batch_size=request.batch_size, device=request.device,
                    run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks)
-    return Run(request, source, plan, job, Provenance(__version__, digest, parameters,
-                                                     input_identity))
+    return Run(request, source, plan, job, Provenance(
+        __version__, digest, parameters, input_identity,
+        configuration=dict(request.configuration or {})))
 
 
 def model_and_hash(model_dir: str) -> tuple[UNet, str]:

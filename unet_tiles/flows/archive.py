@@ -120,6 +120,8 @@ def segment_archive(
     into_source: bool = False,
     label_name: str = "unet-tiles",
     level: int = 0,
+    shard: int | None = None,
+    configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -148,7 +150,8 @@ def segment_archive(
                "block_size": block_size, "tile_size": tile_size, "batch_size": batch_size,
                "axes": axes, "device": device, "allow_missing_chunks": allow_missing_chunks,
                "output_format": output_format, "into_source": into_source,
-               "label_name": label_name, "level": level}
+               "label_name": label_name, "level": level,
+               "shard": shard, "configuration": configuration}
     images = discover_step(root, output_root)
     planned = plan_step(images, output_root, options)
     todo = [o for o in planned if o.status == "todo"]

@@ -43,6 +43,8 @@ def segment_image(
     into_source: bool = False,
     label_name: str = "unet-tiles",
     level: int = 0,
+    shard: int | None = None,
+    configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
@@ -75,6 +77,7 @@ def segment_image(
             overwrite=overwrite, batch_size=batch_size, device=device,
             allow_missing_chunks=allow_missing_chunks, output_format=output_format,
             into_source=into_source, label_name=label_name, level=level,
+            shard=shard, configuration=configuration,
         )
         choice = cluster_choice(cluster, workers, threads_per_worker)
     if make_parent_dirs:

@@ -5,7 +5,8 @@ Stored as the output group's attribute ``unet_tiles``::
     {"format_version": 1, "version": "0.1.0", "model_hash": "9f2c...",
      "parameters": {"output": "labels", "block_shape": [2048, 2048], ...},
      "input": {"url": ..., "shape": [...], ..., "fingerprint": "51ab..."},
-     "status": "running" | "complete"}
+     "status": "running" | "complete",
+     "configuration": {"block_size": 2048, "workers": null, ...}}   # as started
 
 One comparison, ``Provenance.compare``, answers for every caller (the CLI, the
 flows, the archive, the watcher) whether an existing output is to be skipped,
@@ -52,6 +53,9 @@ class Provenance:
     input: dict[str, Any] = field(hash=False)
     status: str = "running"
     format_version: int = FORMAT_VERSION
+    # The options the run was started with (command line and --config merged), for
+    # the record only: ``compare`` never looks at them (another --workers resumes).
+    configuration: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def fingerprint(self) -> str | None:
@@ -73,6 +77,7 @@ class Provenance:
             "parameters": dict(self.parameters),
             "input": dict(self.input),
             "status": self.status,
+            "configuration": dict(self.configuration),
         }
 
     @classmethod
@@ -105,8 +110,11 @@ class Provenance:
             status = _parse_status(data["status"])
         except ValueError as exc:
             raise bad(str(exc)) from None
+        configuration = data.get("configuration", {})
+        if not isinstance(configuration, dict):
+            raise bad("'configuration' is not an object")
         return cls(data["version"], data["model_hash"], dict(data["parameters"]),
-                   dict(data["input"]), status, version)
+                   dict(data["input"]), status, version, dict(configuration))
 
     def compare(self, stored: Provenance | None, *, exists: bool) -> Decision:
         """What to do with an output holding ``stored`` (None: no record), for this run."""
