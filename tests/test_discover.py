@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import zarr
+from ome_images import VERSIONS, plate_attrs, ramp, well_attrs, write_ome_image, write_plate
 
 from unet_tiles.archive.discover import ImageRef, find_images, is_ignored
 from unet_tiles.errors import InputError
@@ -53,6 +54,56 @@ def test_container_groups_are_descended(tmp_path: Path) -> None:
     _ome(tmp_path / "plate.zarr" / "0")
     _ome(tmp_path / "plate.zarr" / "1")
     assert _relatives(tmp_path) == ["plate.zarr/0", "plate.zarr/1"]
+
+
+FIELDS = ["A/1/0", "A/1/1", "B/2/0", "B/2/1"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_plate_fields_are_the_images(tmp_path: Path, version: str) -> None:
+    from unet_tiles.pipeline.source import open_source
+
+    plate = write_plate(tmp_path / "screen" / "plate.zarr", version)
+    # A field on disk that the well's metadata does not list is no image of the plate.
+    write_ome_image(f"{plate}/A/1/9", ramp((32, 40)), "yx", version, levels=1)
+    _array(tmp_path / "slide.zarr")
+    refs = find_images(str(tmp_path))
+    assert [r.relative for r in refs] == ["screen/plate.zarr/" + f for f in FIELDS] + [
+        "slide.zarr"]
+    assert refs[0].url == f"{tmp_path}/screen/plate.zarr/A/1/0"
+    assert refs[0].output_url("/o") == "/o/screen/plate.zarr/A/1/0.zarr"
+    for ref in refs[:4]:
+        assert open_source(ref.url).ome_version == version
+    # A plate or a well as the root: its fields, relative to it.
+    assert _relatives(plate) == FIELDS
+    assert _relatives(f"{plate}/B/2") == ["0", "1"]
+
+
+def test_malformed_plates_and_wells_are_listed_so_they_are_reported(tmp_path: Path) -> None:
+    from unet_tiles.pipeline.source import open_source
+
+    plate = write_plate(tmp_path / "bad.zarr", "0.5")
+    group = zarr.open_group(plate, mode="r+")
+    attrs = dict(group.attrs)
+    attrs["ome"]["plate"]["wells"] = [{"path": "A/1"}, {"path": "Z/1"}]  # Z is no row
+    group.attrs.put(attrs)
+    plate2 = write_plate(tmp_path / "wells.zarr", "0.4")
+    zarr.open_group(f"{plate2}/B/2", mode="r+").attrs.put({"well": {"images": []}})
+    assert _relatives(tmp_path) == ["bad.zarr", "wells.zarr/A/1/0", "wells.zarr/A/1/1",
+                                    "wells.zarr/B/2"]
+    with pytest.raises(InputError, match="has well 'Z/1' outside its rows"):
+        open_source(plate)
+    with pytest.raises(InputError, match="lists no field images in its well metadata"):
+        open_source(f"{plate2}/B/2")
+
+
+def test_ome_05_containers_are_descended(tmp_path: Path) -> None:
+    # bioformats2raw's layout in NGFF 0.5: "ome" attributes but no multiscales.
+    group = zarr.open_group(str(tmp_path / "b2r.zarr"), mode="w", zarr_format=3)
+    group.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    _ome(tmp_path / "b2r.zarr" / "0")
+    _ome(tmp_path / "b2r.zarr" / "1")
+    assert _relatives(tmp_path) == ["b2r.zarr/0", "b2r.zarr/1"]
 
 
 def test_hidden_temporary_and_excluded_are_ignored(tmp_path: Path) -> None:
@@ -107,6 +158,26 @@ def test_fsspec_roots() -> None:
     assert [(r.url, r.relative) for r in refs] == [
         ("memory:///arch/g.zarr", "g.zarr"), ("memory:///arch/x/a.zarr", "x/a.zarr")]
     fs.rm("/arch", recursive=True)
+
+
+def test_fsspec_plates() -> None:
+    import fsspec
+
+    def group(path: str, attributes: dict[str, object]) -> None:
+        fs.pipe(f"{path}/zarr.json", json.dumps(
+            {"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode())
+
+    fs = fsspec.filesystem("memory")
+    group("/hcs/p.zarr", plate_attrs("0.5", ["A"], ["1", "2"], ["A/1", "A/2"]))
+    group("/hcs/p.zarr/A", {})
+    group("/hcs/p.zarr/A/1", well_attrs("0.5", ["0"]))
+    group("/hcs/p.zarr/A/2", well_attrs("0.5", ["0", "3"]))
+    refs = find_images("memory://hcs")
+    assert [(r.url, r.relative) for r in refs] == [
+        ("memory:///hcs/p.zarr/A/1/0", "p.zarr/A/1/0"),
+        ("memory:///hcs/p.zarr/A/2/0", "p.zarr/A/2/0"),
+        ("memory:///hcs/p.zarr/A/2/3", "p.zarr/A/2/3")]
+    fs.rm("/hcs", recursive=True)
 
 
 @pytest.mark.parametrize(

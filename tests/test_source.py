@@ -96,7 +96,7 @@ def test_v2_array_and_file_url(tmp_path: Path) -> None:
 def test_unnamed_axes_are_guessed(tmp_path: Path, shape: tuple[int, ...],
                                   kwargs: dict[str, int], axes: str) -> None:
     url = write_zarr(tmp_path / "a.zarr", np.zeros(shape, np.uint8), shape)
-    assert open_source(url, **kwargs).axes == axes  # type: ignore[arg-type]
+    assert open_source(url, **kwargs).axes == axes
 
 
 def test_stored_dimension_names_win_over_guesses(tmp_path: Path) -> None:
@@ -145,7 +145,17 @@ def test_group_with_many_arrays_lists_ten(tmp_path: Path) -> None:
 
 def test_empty_group_is_refused(tmp_path: Path) -> None:
     zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
-    with pytest.raises(InputError, match="zarr group with no arrays"):
+    with pytest.raises(InputError, match="zarr group with no arrays; give an array"):
+        open_source(str(tmp_path / "g.zarr"))
+
+
+def test_group_of_groups_names_them(tmp_path: Path) -> None:
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}  # no image itself
+    for name in ("0", "1"):
+        group.create_group(name)
+    with pytest.raises(InputError, match=r"zarr group with no arrays \(it holds the groups "
+                       r"0, 1: give one of them, or segment them all with unet-tiles archive\)"):
         open_source(str(tmp_path / "g.zarr"))
 
 
@@ -160,21 +170,37 @@ def test_ome_zarr_04_level0_axes_and_pixel_sizes(tmp_path: Path) -> None:
     root.create_array("1", shape=(2, 2, 32, 40), chunks=(1, 1, 32, 32), dtype="uint16")
     source = open_source(str(tmp_path / "img.ome.zarr"))
     assert source.array_path == "0"
+    assert source.location == f"{tmp_path / 'img.ome.zarr'}/0"
     assert source.shape == (2, 5, 64, 80)
     assert source.axes == "czyx"
     assert source.zarr_format == 2
     assert source.ome_version == "0.4"
-    assert source.pixel_size_um == (1.0, 2.0, 0.325, 0.325)
+    # The spatial axes' (z, y, x) sizes; without units they are taken as micrometres.
+    assert source.pixel_size_um == (2.0, 0.325, 0.325)
     record = source.to_dict()
-    assert record["pixel_size_um"] == [1.0, 2.0, 0.325, 0.325]
+    assert record["pixel_size_um"] == [2.0, 0.325, 0.325]
     assert record["ome_version"] == "0.4"
     assert record["array_path"] == "0"
+    json.dumps(record)
+    assert source.open().shape == (2, 5, 64, 80)
+    # The whole pyramid comes along, for the writer's matching label pyramid.
+    assert source.level == 0
+    assert source.multiscale is not None
+    assert source.multiscale.paths == ("0", "1")
+    assert source.multiscale.levels[1].shape == (2, 2, 32, 40)
+    assert record["level"] == 0
+    assert record["multiscale"] == source.multiscale.to_dict()
+    level1 = open_source(str(tmp_path / "img.ome.zarr"), level=1)
+    assert (level1.array_path, level1.shape) == ("1", (2, 2, 32, 40))
+    assert level1.pixel_size_um == (4.0, 0.65, 0.65)
 
 
 def test_ome_zarr_05_level0_axes_and_pixel_sizes(tmp_path: Path) -> None:
     root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w", zarr_format=3)
-    root.attrs["ome"] = {"version": "0.5", "multiscales": _multiscales(
-        "tcyx", [[60.0, 1.0, 0.5, 0.25], [60.0, 1.0, 1.0, 0.5]])}
+    meta = _multiscales("tcyx", [[60.0, 1.0, 500.0, 250.0], [60.0, 1.0, 1000.0, 500.0]])
+    for axis in meta[0]["axes"][2:]:
+        axis["unit"] = "nanometer"
+    root.attrs["ome"] = {"version": "0.5", "multiscales": meta}
     root.create_array("0", shape=(3, 2, 48, 64), chunks=(1, 2, 32, 32), dtype="float32",
                       dimension_names=("t", "c", "y", "x"))
     root.create_array("1", shape=(3, 2, 24, 32), chunks=(1, 2, 32, 32), dtype="float32")
@@ -183,35 +209,40 @@ def test_ome_zarr_05_level0_axes_and_pixel_sizes(tmp_path: Path) -> None:
     assert source.axes == "tcyx"
     assert source.zarr_format == 3
     assert source.ome_version == "0.5"
-    assert source.pixel_size_um == (60.0, 1.0, 0.5, 0.25)
-    assert source.to_dict()["pixel_size_um"] == [60.0, 1.0, 0.5, 0.25]
+    assert source.pixel_size_um == (0.5, 0.25)  # nanometres as micrometres
+    assert source.to_dict()["pixel_size_um"] == [0.5, 0.25]
     assert source.open().shape == (3, 2, 48, 64)
 
 
-def test_ome_axes_override_and_bad_ome_axes_fall_back(tmp_path: Path) -> None:
+def test_ome_axes_must_be_axis_letters_unless_given(tmp_path: Path) -> None:
     root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
     meta = _multiscales("cyx", [[1.0, 1.0, 1.0]])
-    meta[0]["axes"] = [{"name": "ch"}, {"name": "y"}, {"name": "x"}]  # not an axis letter
+    meta[0]["axes"][0]["name"] = "ch"
     root.attrs["ome"] = {"version": "0.5", "multiscales": meta}
     root.create_array("0", shape=(2, 30, 40), chunks=(2, 16, 16), dtype="uint8")
-    assert open_source(str(tmp_path / "img.ome.zarr"), in_channels=2).axes == "cyx"
-    assert open_source(str(tmp_path / "img.ome.zarr"), axes="zyx").axes == "zyx"
+    url = str(tmp_path / "img.ome.zarr")
+    with pytest.raises(InputError, match="has OME-Zarr axis 'ch', which is not one of t, c, z"):
+        open_source(url)
+    assert open_source(url, axes="cyx").axes == "cyx"
+    assert open_source(url, axes="zyx").axes == "zyx"
 
 
-@pytest.mark.parametrize("bad", [
-    [],  # no multiscales entry
-    [{"axes": ["y", "x"]}],  # no datasets
-    [{"datasets": []}],
-    [{"datasets": [{"coordinateTransformations": []}]}],  # no path
+@pytest.mark.parametrize(("multiscales", "message"), [
+    ([], r"empty or malformed OME-Zarr \"multiscales\" list"),
+    ([{"axes": ["y", "x"], "datasets": [{"path": "0"}]}], "malformed OME-Zarr axes"),
+    ([{"axes": [{"name": "y"}, {"name": "x"}], "datasets": []}], "no datasets"),
+    ([{"axes": [{"name": "y"}, {"name": "x"}], "datasets": [{}]}],
+     "multiscales dataset 0 without a path"),
+    ([{"axes": [{"name": "y"}, {"name": "x"}], "datasets": [
+        {"path": "7", "coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}]}],
+     "has dataset path '7' in its OME-Zarr metadata but no array at"),
 ])
-def test_malformed_ome_metadata_is_an_input_error(tmp_path: Path, bad: list[Any]) -> None:
+def test_malformed_ome_metadata_is_an_input_error(tmp_path: Path, multiscales: list[Any],
+                                                  message: str) -> None:
     root = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
-    root.attrs["ome"] = {"version": "0.5", "multiscales": bad}
+    root.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
     root.create_array("0", shape=(30, 40), dtype="uint8")
-    if not bad:  # an empty list is no OME metadata: the group's one array is used
-        assert open_source(str(tmp_path / "img.ome.zarr")).array_path == "0"
-        return
-    with pytest.raises(InputError, match="malformed OME-Zarr multiscales metadata"):
+    with pytest.raises(InputError, match=message):
         open_source(str(tmp_path / "img.ome.zarr"))
 
 

@@ -6,13 +6,19 @@ and OME-Zarr stores at any depth::
     ROOT/
       2026-07-01/slide-1.zarr/        an image: a zarr array
       2026-07-01/.slide-2.zarr.tmp/   ignored: hidden or temporary (a copy in flight)
-      plate.zarr/                     a container group (no arrays, no multiscales):
-        A/1/0/                        descended into; A/1/0 is an OME-Zarr image
+      plate.zarr/                     an HCS plate (OME-Zarr "plate" metadata): its
+        A/1/0/, A/1/1/, B/3/0/        fields, as its plate and well metadata list them,
+                                      are the images (plate.zarr/A/1/0, ...)
+      bioformats2raw.zarr/            a container group (no arrays, no multiscales):
+        0/                            descended into; 0 is an OME-Zarr image
       link -> /elsewhere              ignored: a symlink that leaves ROOT
 
 A directory holding zarr metadata is an image when it is an array, an OME-Zarr
 multiscales group, or a group with arrays directly inside; the search never
-descends into an image (its arrays are levels or labels, not more images).
+descends into an image (its arrays are levels or labels, not more images). An
+HCS plate or well is not descended either: its metadata names its fields. A
+plate or well whose metadata is malformed is listed as an image itself, so that
+segmenting it reports the error against its name.
 
 The output of the image ``ROOT/a/b.zarr`` is ``OUT/a/b.zarr``; a name without a
 ``.zarr`` suffix gets one. Whether it is already done is the run's question
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from unet_tiles.errors import InputError
+from unet_tiles.pipeline.ome import ome_kind, parse_plate, parse_well, well_fields
 from unet_tiles.pipeline.source import is_remote
 
 if TYPE_CHECKING:
@@ -98,6 +105,10 @@ def _find_local(root: Path, exclude: Iterable[str]) -> list[ImageRef]:
         if kind == "image":
             found.append(ImageRef(str(folder), relative))
             return
+        if kind in ("plate", "well"):
+            found.extend(_hcs_images(kind, lambda name: read(folder / name), str(folder),
+                                     relative))
+            return
         for name in _local_children(folder):
             visit(folder / name, f"{relative}/{name}" if relative else name)
 
@@ -142,8 +153,13 @@ def _find_fsspec(root: str, exclude: Iterable[str]) -> list[ImageRef]:
         if folder.rstrip("/") in skip:
             return
         names = children(folder)
-        if _classify(lambda name: read(folder, name), names) == "image":
+        kind = _classify(lambda name: read(folder, name), names)
+        if kind == "image":
             found.append(ImageRef(f"{protocol}://{folder}", relative))
+            return
+        if kind in ("plate", "well"):
+            found.extend(_hcs_images(kind, lambda name: read(folder, name),
+                                     f"{protocol}://{folder}", relative))
             return
         for name in names:
             visit(f"{folder}/{name}", f"{relative}/{name}" if relative else name)
@@ -162,28 +178,81 @@ def _load_json(read: Callable[[], bytes]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else {"unreadable": "not a JSON object"}
 
 
-def _classify(read: Callable[[str], dict[str, Any] | None],
-              children: list[str]) -> Literal["image", "container", "folder"]:
+def _classify(read: Callable[[str], dict[str, Any] | None], children: list[str]
+              ) -> Literal["image", "plate", "well", "container", "folder"]:
     v3 = read("zarr.json")
     if v3 is not None:
         if v3.get("node_type") != "group":
             return "image"  # an array, or metadata too broken to say
         attrs = v3.get("attributes") or {}
-        if "ome" in attrs or "multiscales" in attrs:
-            return "image"
+        if not isinstance(attrs, dict) or (
+                "ome" in attrs and not isinstance(attrs["ome"], dict)):
+            return "image"  # broken: segmenting it says how
     elif read(".zarray") is not None:
         return "image"
     elif (v2 := read(".zgroup")) is not None:
         if "unreadable" in v2:
             return "image"
         attrs = read(".zattrs") or {}
-        if "multiscales" in attrs:
+        if "unreadable" in attrs:
             return "image"
     else:
         return "folder"
+    kind = ome_kind(attrs)
+    if kind == "multiscales":
+        return "image"
+    if kind is not None:
+        return kind
     if any(_is_array(read, child) for child in children):
         return "image"
     return "container"
+
+
+def _group_attrs(read: Callable[[str], dict[str, Any] | None],
+                 prefix: str = "") -> tuple[dict[str, Any] | None, int | None]:
+    """The attributes and zarr format of the group at ``prefix`` (None: no group)."""
+    lead = f"{prefix}/" if prefix else ""
+    v3 = read(f"{lead}zarr.json")
+    if v3 is not None:
+        if v3.get("node_type") != "group":
+            return None, None
+        attrs = v3.get("attributes")
+        return (attrs if isinstance(attrs, dict) else {}), 3
+    if read(f"{lead}.zgroup") is not None:
+        return read(f"{lead}.zattrs") or {}, 2
+    return None, None
+
+
+def _hcs_images(kind: str, read: Callable[[str], dict[str, Any] | None], url: str,
+                relative: str) -> list[ImageRef]:
+    """The field images of the plate or well at ``url``, from its metadata.
+
+    A plate or well whose metadata is malformed is one image of its own: segmenting
+    it reports the error (``source.open_source`` checks the same metadata)."""
+
+    def ref(path: str) -> ImageRef:
+        if not path:
+            return ImageRef(url, relative)
+        return ImageRef(f"{url}/{path}", f"{relative}/{path}" if relative else path)
+
+    attrs, zarr_format = _group_attrs(read)
+    try:
+        if kind == "well":
+            return [ref(field) for field in parse_well(attrs or {}, url, zarr_format)]
+        plate = parse_plate(attrs or {}, url, zarr_format)
+    except InputError as exc:
+        logger.warning("%s; listing it as one image so its error is reported", exc)
+        return [ref("")]
+    refs: list[ImageRef] = []
+    for well in plate.wells:
+        well_attrs, well_format = _group_attrs(read, well)
+        try:
+            refs.extend(ref(field) for field in
+                        well_fields(well, well_attrs, url, well_format or zarr_format))
+        except InputError as exc:
+            logger.warning("%s; listing the well as one image so its error is reported", exc)
+            refs.append(ref(well))
+    return refs
 
 
 def _is_array(read: Callable[[str], dict[str, Any] | None], child: str) -> bool:

@@ -346,14 +346,18 @@ def _load_model_once(model_dir: str, stamp: tuple[Any, ...]) -> tuple[UNet, str]
 
 
 def segment(request: SegmentRequest, cluster: str = "local", workers: int | None = None,
-            threads_per_worker: int | None = None, progress: bool | None = None) -> RunSummary:
-    """Validate and run one image on a cluster started or joined for it."""
+            threads_per_worker: int | None = None, progress: bool | None = None,
+            on_cluster: Callable[[ClusterInfo], None] | None = None) -> RunSummary:
+    """Validate and run one image on a cluster started or joined for it;
+    ``on_cluster`` is told about the cluster once it runs (the CLI shows its dashboard)."""
     from unet_tiles.engine.cluster import connect
 
     run = validate(request)
     # Locked before the cluster starts and until it has stopped: a second run on
     # this output is refused at once, not after its own cluster start.
     with run.locked(), connect(cluster, workers, threads_per_worker) as (client, info):
+        if on_cluster is not None:
+            on_cluster(info)
         return run.segment(client, info, progress=progress)
 
 
@@ -390,11 +394,11 @@ def _ome_layout(request: SegmentRequest, source: ImageSource, out_axes: str,
     from unet_tiles.pipeline.ome_output import plain_layout, source_layout
 
     fmt = request.output_format
-    if fmt == "plain" or (fmt == "auto" and source.ome_version is None
+    if fmt == "plain" or (fmt == "auto" and source.multiscale is None
                           and not request.into_source):
         return None
     if request.into_source:
-        if source.ome_version is None:
+        if source.multiscale is None:
             raise InputError(f"input {request.input!r} is not an OME-Zarr image; "
                              "`into_source` adds labels to OME-Zarr images only")
         if is_remote(request.input) or not os.access(request.input, os.W_OK):
@@ -406,10 +410,8 @@ def _ome_layout(request: SegmentRequest, source: ImageSource, out_axes: str,
     else:
         image = os.path.relpath(Path(request.input).resolve(),
                                 Path(request.output).resolve())
-    if source.ome_version is not None:
-        version = "0.4" if source.ome_version.startswith("0.4") else "0.5"
-        return source_layout(source.url, version, source.axes, out_axes,
-                             getattr(request, "level", 0), image)
+    if source.multiscale is not None:
+        return source_layout(source.multiscale, out_axes, request.level, image)
     version = "0.4" if source.zarr_format == 2 else "0.5"
     return plain_layout(shape, out_axes, dims, version, image)
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from unet_tiles.errors import InputError
+
+if TYPE_CHECKING:
+    from unet_tiles.pipeline.ome import Multiscale
 
 NGFF_VERSIONS = ("0.4", "0.5")
 # Distinct, saturated colours for the first classes; more cycle through them.
@@ -108,43 +111,21 @@ def plain_layout(shape: tuple[int, ...], axes: str, dims: int, version: str,
                      source_image)
 
 
-def source_layout(url: str, version: str, in_axes: str, out_axes: str, first_level: int = 0,
+def source_layout(multiscale: Multiscale, out_axes: str, first_level: int = 0,
                   source_image: str | None = None) -> OmeLayout:
-    """The layout matching an OME-Zarr source image's multiscales from
-    ``first_level`` on: the same levels (shapes, scales, translations, units) on the
-    output's axes (the input's without ``c``)."""
-    import zarr
-
-    group = zarr.open_group(store=url.removeprefix("file://"), mode="r")
-    attrs: dict[str, Any] = dict(group.attrs)
-    ome = attrs.get("ome")
-    multiscales = (ome.get("multiscales") if isinstance(ome, dict) else None) or \
-        attrs.get("multiscales")
-    try:
-        entry: Any = multiscales[0]  # type: ignore[index]
-        axes_meta = entry["axes"]
-        datasets = entry["datasets"][first_level:]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise InputError(f"input {url!r} has malformed OME-Zarr multiscales ({exc})") from None
-    names = [str(a["name"] if isinstance(a, dict) else a).lower() for a in axes_meta]
-    units = {n: (a.get("unit") if isinstance(a, dict) else None) for n, a in zip(names,
-                                                                              axes_meta,
-                                                                              strict=True)}
-    keep = [in_axes.index(a) for a in out_axes]
+    """The layout matching an OME-Zarr source image's multiscales (``pipeline/ome.py``)
+    from ``first_level`` on: the same levels (shapes, scales, translations, units) on
+    the output's axes (the input's without ``c``)."""
+    keep = [multiscale.axes.index(a) for a in out_axes]
     levels = []
-    for number, dataset in enumerate(datasets):
-        array: Any = group[str(dataset["path"])]
-        scale: tuple[float, ...] = (1.0,) * len(in_axes)
-        translation: tuple[float, ...] | None = None
-        for transform in dataset.get("coordinateTransformations", []):
-            if transform.get("type") == "scale":
-                scale = tuple(float(v) for v in transform["scale"])
-            elif transform.get("type") == "translation":
-                translation = tuple(float(v) for v in transform["translation"])
-        levels.append(Level(str(number), tuple(int(array.shape[i]) for i in keep),
-                            tuple(scale[i] for i in keep),
-                            tuple(translation[i] for i in keep) if translation else None))
+    for number, level in enumerate(multiscale.levels[first_level:]):
+        moved = any(level.translation)
+        levels.append(Level(str(number), tuple(level.shape[i] for i in keep),
+                            tuple(level.scale[i] for i in keep),
+                            tuple(level.translation[i] for i in keep) if moved else None))
+    units = dict(zip(multiscale.axes, multiscale.axis_units, strict=True))
     axes = tuple(Axis(a, AXIS_TYPES[a], units.get(a)) for a in out_axes)
+    version = "0.4" if multiscale.version.startswith("0.4") else "0.5"
     return OmeLayout(version, axes, tuple(levels), source_image)
 
 

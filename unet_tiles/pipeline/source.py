@@ -17,9 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet_tiles.errors import InputError
+from unet_tiles.pipeline import ome
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import zarr
+
+    from unet_tiles.pipeline.ome import Multiscale
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,13 @@ MAX_IMAGE_BYTES = 1 << 50
 
 @dataclass(frozen=True)
 class ImageSource:
-    """An input array and what it means: axes, shape, dtype, chunks, pixel sizes."""
+    """An input array and what it means: axes, shape, dtype, chunks, pixel sizes.
+
+    For an OME-Zarr image, ``level`` is the multiscales dataset read (``array_path``
+    is its path), ``pixel_size_um`` that level's spatial (z, y, x) pixel sizes in
+    micrometres, and ``multiscale`` the whole checked description: every level's
+    path, shape, scale and translation, the axes' types and units.
+    """
 
     url: str
     array_path: str
@@ -43,6 +54,8 @@ class ImageSource:
     zarr_format: int
     ome_version: str | None = None
     pixel_size_um: tuple[float, ...] | None = None
+    level: int = 0
+    multiscale: Multiscale | None = None
 
     @property
     def location(self) -> str:
@@ -59,7 +72,10 @@ class ImageSource:
         return self.shape[self.axes.index(axis)] if axis in self.axes else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-friendly, for the provenance record. ``level`` and ``multiscale`` are
+        there for OME-Zarr inputs only: a plain array's record (and so its
+        fingerprint) is what it was before they existed."""
+        record: dict[str, Any] = {
             "url": self.url,
             "array_path": self.array_path,
             "axes": self.axes,
@@ -70,6 +86,10 @@ class ImageSource:
             "ome_version": self.ome_version,
             "pixel_size_um": list(self.pixel_size_um) if self.pixel_size_um else None,
         }
+        if self.multiscale is not None:
+            record["level"] = self.level
+            record["multiscale"] = self.multiscale.to_dict()
+        return record
 
 
 def is_remote(url: str) -> bool:
@@ -85,14 +105,18 @@ def _looks_like_zarr(path: Path) -> bool:
 
 
 def open_source(url: str, axes: str | None = None, in_channels: int | None = None,
-                model_dims: int | None = None) -> ImageSource:
+                model_dims: int | None = None, level: int = 0) -> ImageSource:
     """Resolve ``url`` to one array and its axes, checking metadata limits.
 
     Args:
         url: a local path or fsspec URL of a zarr array, group or OME-Zarr image.
+            An HCS plate (or well) is refused: its fields are the images
+            (``ome.plate_fields``; ``unet-tiles archive`` finds them).
         axes: explicit axes (letters of ``tczyx``), overriding stored names.
         in_channels: the model's input channels, used to guess unnamed axes.
         model_dims: 2 or 3, used to guess unnamed axes.
+        level: the OME-Zarr multiscales dataset to read, 0 (full resolution) by
+            default; a plain array or group has level 0 only.
     """
     import zarr
 
@@ -116,20 +140,32 @@ def open_source(url: str, axes: str | None = None, in_channels: int | None = Non
         raise InputError(f"input {url!r} is not a zarr array or group ({exc})") from None
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise InputError(f"input {url!r} has unreadable zarr metadata ({exc})") from None
+    given = _check_given_axes(axes)
     array_path = ""
-    ome_version: str | None = None
-    ome_axes: str | None = None
-    pixel_size: tuple[float, ...] | None = None
+    multiscale: Multiscale | None = None
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs)
-        multiscales, ome_version = _ome_multiscales(attrs)
-        if multiscales:
-            array_path, ome_axes, pixel_size = _ome_level0(multiscales, url)
+        kind = ome.ome_kind(attrs)
+        zarr_format = int(node.metadata.zarr_format)
+        if kind == "plate":
+            _refuse_plate(url, attrs, zarr_format)
+        if kind == "well":
+            _refuse_well(url, attrs, zarr_format)
+        if kind == "multiscales":
+            multiscale = ome.parse_multiscales(attrs, url, _shape_lookup(node, url),
+                                               zarr_format, given)
+            array_path = _pick_level(url, multiscale, level)
             node = node[array_path]
         else:
             names = sorted(name for name, _ in node.arrays())
             if not names:
-                raise InputError(f"input {url!r} is a zarr group with no arrays; give an array")
+                groups = sorted(name for name, _ in node.groups())
+                held = (f" (it holds the groups {', '.join(groups[:5])}"
+                        f"{' ...' if len(groups) > 5 else ''}: give one of them, or segment "
+                        "them all with unet-tiles archive)") if groups else ""
+                raise InputError(
+                    f"input {url!r} is a zarr group with no arrays{held}; give an array"
+                )
             if len(names) > 1:
                 listed = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
                 raise InputError(
@@ -138,13 +174,24 @@ def open_source(url: str, axes: str | None = None, in_channels: int | None = Non
                 )
             array_path = names[0]
             node = node[array_path]
+    if multiscale is None and level != 0:
+        raise InputError(
+            f"input {url!r} is not a multiscale OME-Zarr image, so it has level 0 only; "
+            f"`level` {level} does not exist"
+        )
     array: Any = node
     shape = tuple(int(s) for s in array.shape)
     chunks = tuple(int(c) for c in array.chunks)
     dtype = np.dtype(array.dtype)
     _check_metadata(url, shape, chunks, dtype)
-    stored_names = _dimension_names(array)
-    resolved = _resolve_axes(url, shape, axes, ome_axes or stored_names, in_channels, model_dims)
+    stored = multiscale.axes if multiscale is not None else _dimension_names(array)
+    resolved = _resolve_axes(url, shape, given, stored, in_channels, model_dims)
+    pixel_size = None
+    if multiscale is not None:
+        pixel_size = multiscale.pixel_size_um(level)
+        if pixel_size is None:
+            logger.warning("%s: a spatial axis's unit %s is not a known length; its pixel "
+                           "size is not recorded", url, multiscale.axis_units)
     return ImageSource(
         url=url,
         array_path=array_path,
@@ -153,8 +200,57 @@ def open_source(url: str, axes: str | None = None, in_channels: int | None = Non
         dtype=dtype.str,
         chunks=chunks,
         zarr_format=int(array.metadata.zarr_format),
-        ome_version=ome_version,
+        ome_version=multiscale.version if multiscale is not None else None,
         pixel_size_um=pixel_size,
+        level=level,
+        multiscale=multiscale,
+    )
+
+
+def _shape_lookup(group: Any, url: str) -> Callable[[str], tuple[int, ...] | None]:
+    """``path -> shape`` of the arrays of an OME-Zarr group (metadata only)."""
+    import zarr
+
+    def shape_of(path: str) -> tuple[int, ...] | None:
+        try:
+            child = group[path]
+        except KeyError:
+            return None
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise InputError(
+                f"input {url!r} has unreadable zarr metadata at dataset {path!r} ({exc})"
+            ) from None
+        return tuple(int(n) for n in child.shape) if isinstance(child, zarr.Array) else None
+
+    return shape_of
+
+
+def _pick_level(url: str, multiscale: Multiscale, level: int) -> str:
+    count = len(multiscale.levels)
+    if not 0 <= level < count:
+        listed = ", ".join(f"{i} ({lv.path} {'x'.join(map(str, lv.shape))})"
+                           for i, lv in enumerate(multiscale.levels))
+        raise InputError(
+            f"input {url!r} has no `level` {level}; its {count} level(s) are {listed}"
+        )
+    return multiscale.levels[level].path
+
+
+def _refuse_plate(url: str, attrs: dict[str, Any], zarr_format: int) -> None:
+    ome.parse_plate(attrs, url, zarr_format)  # malformed metadata says what is wrong
+    fields = ome.plate_fields(url)
+    raise InputError(
+        f"input {url!r} is an HCS plate of {len(fields)} field image(s) (the first is "
+        f"{fields[0]}); segment one field at a time, or every field with unet-tiles archive "
+        "(which finds a plate's fields)"
+    )
+
+
+def _refuse_well(url: str, attrs: dict[str, Any], zarr_format: int) -> None:
+    fields = ome.parse_well(attrs, url, zarr_format)
+    raise InputError(
+        f"input {url!r} is an HCS well of {len(fields)} field image(s); give one of them "
+        f"(e.g. {url.rstrip('/')}/{fields[0]}), or segment its plate with unet-tiles archive"
     )
 
 
@@ -199,15 +295,20 @@ def _dimension_names(array: Any) -> str | None:
     return None
 
 
+def _check_given_axes(given: str | None) -> str | None:
+    if given is None:
+        return None
+    axes = given.lower()
+    if len(set(axes)) != len(axes) or any(c not in AXES_ORDER for c in axes):
+        raise InputError(f"`axes` {given!r} must use each of the letters t,c,z,y,x at most once")
+    return axes
+
+
 def _resolve_axes(url: str, shape: tuple[int, ...], given: str | None, stored: str | None,
                   in_channels: int | None, model_dims: int | None) -> str:
     ndim = len(shape)
     if given is not None:
-        axes = given.lower()
-        if len(set(axes)) != len(axes) or any(c not in AXES_ORDER for c in axes):
-            raise InputError(
-                f"`axes` {given!r} must use each of the letters t,c,z,y,x at most once"
-            )
+        axes = given
         if len(axes) != ndim:
             raise InputError(
                 f"`axes` {given!r} names {len(axes)} axes but input {url!r} has {ndim} {shape}"
@@ -228,42 +329,6 @@ def _resolve_axes(url: str, shape: tuple[int, ...], given: str | None, stored: s
             f"input {url!r} has axes {axes!r}; the last two must be y and x (pass `axes`)"
         )
     return axes
-
-
-def _ome_multiscales(attrs: dict[str, Any]) -> tuple[list[Any] | None, str | None]:
-    if isinstance(attrs.get("ome"), dict) and "multiscales" in attrs["ome"]:
-        return attrs["ome"]["multiscales"], str(attrs["ome"].get("version", "0.5"))
-    if "multiscales" in attrs:
-        ms = attrs["multiscales"]
-        version = ms[0].get("version", "0.4") if isinstance(ms, list) and ms else "0.4"
-        return ms, str(version)
-    return None, None
-
-
-def _ome_level0(
-    multiscales: list[Any], url: str
-) -> tuple[str, str | None, tuple[float, ...] | None]:
-    try:
-        first = multiscales[0]
-        dataset = first["datasets"][0]
-        path = str(dataset["path"])
-        axes_meta = first.get("axes")
-        axes = None
-        if axes_meta:
-            axes = "".join(
-                (a["name"] if isinstance(a, dict) else str(a)).lower() for a in axes_meta
-            )
-            if any(c not in AXES_ORDER for c in axes) or len(set(axes)) != len(axes):
-                axes = None
-        scale = None
-        for transform in dataset.get("coordinateTransformations", []):
-            if transform.get("type") == "scale":
-                scale = tuple(float(s) for s in transform["scale"])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise InputError(
-            f"input {url!r} has malformed OME-Zarr multiscales metadata ({exc})"
-        ) from None
-    return path, axes, scale
 
 
 def fingerprint(source: ImageSource) -> str:
