@@ -31,7 +31,7 @@ def plan_for(source: ImageSource, block: int, tile: int = 16, dims: int = 2,
     shape = tuple(source.axis_size(a) for a in out_axes)
     lead = len(shape) - dims
     chunks = (1,) * lead + (block,) * dims
-    return make_plan(shape, dims, chunks, chunks, model, tile)  # type: ignore[arg-type]
+    return make_plan(shape, dims, chunks, chunks, model, tile)
 
 
 def numpy_window(image_chw: np.ndarray, block: Block) -> np.ndarray:

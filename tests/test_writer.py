@@ -104,10 +104,10 @@ def test_iterated_axes_come_before_the_classes(tmp_path: Path) -> None:
 def test_only_the_outputs_asked_for(tmp_path: Path, labels: bool, probabilities: bool,
                                     arrays: set[str]) -> None:
     url = str(tmp_path / "out.zarr")
-    create_output(_spec(url, labels=labels, probabilities=probabilities),
-                  _plan((40, 40), (32, 32), (32, 32)), RECORD)
+    spec = _spec(url, labels=labels, probabilities=probabilities)
+    create_output(spec, _plan((40, 40), (32, 32), (32, 32)), RECORD)
     assert set(zarr.open_group(url, mode="r").array_keys()) == arrays
-    opened = open_output(url)
+    opened = open_output(spec)
     assert (opened.labels is None) != labels
     assert (opened.probabilities is None) != probabilities
 
@@ -124,8 +124,9 @@ def test_many_classes_need_uint16_labels(tmp_path: Path) -> None:
 def test_write_block_writes_exactly_its_region_then_its_done_chunk(tmp_path: Path) -> None:
     url = str(tmp_path / "out.zarr")
     plan = _plan((70, 90), (32, 32), (32, 32))
-    create_output(_spec(url), plan, RECORD)
-    output = open_output(url)
+    spec = _spec(url)
+    create_output(spec, plan, RECORD)
+    output = open_output(spec)
     block = plan.block((1, 2))
     assert block.write.to_slices() == (slice(32, 64), slice(64, 90))  # a clipped edge block
     result = _result(plan, (1, 2), 3, seed=0)
@@ -151,8 +152,9 @@ def test_write_block_writes_exactly_its_region_then_its_done_chunk(tmp_path: Pat
 def test_write_block_with_iterated_axes(tmp_path: Path) -> None:
     url = str(tmp_path / "out.zarr")
     plan = _plan((2, 3, 40, 50), (1, 1, 32, 32), (1, 1, 32, 32))
-    create_output(_spec(url, axes="tzyx", classes=2), plan, RECORD)
-    output = open_output(url)
+    spec = _spec(url, axes="tzyx", classes=2)
+    create_output(spec, plan, RECORD)
+    output = open_output(spec)
     result = _result(plan, (1, 2, 0, 1), 2, seed=1)
     write_block(output, plan.block((1, 2, 0, 1)), result)
     group = zarr.open_group(url, mode="r")
@@ -168,22 +170,24 @@ def test_write_block_with_iterated_axes(tmp_path: Path) -> None:
 def test_a_failed_data_write_marks_nothing_done(tmp_path: Path) -> None:
     url = str(tmp_path / "out.zarr")
     plan = _plan((64, 64), (32, 32), (32, 32))
-    create_output(_spec(url), plan, RECORD)
+    spec = _spec(url)
+    create_output(spec, plan, RECORD)
     good = _result(plan, (0, 0), 3, seed=2)
     # Probabilities of the wrong size: the labels are written, the probabilities fail.
     bad = BlockResult(good.labels, good.probabilities[:, :16])
     with pytest.raises(ValueError, match="reshape"):
-        write_block(open_output(url), plan.block((0, 0)), bad)
+        write_block(open_output(spec), plan.block((0, 0)), bad)
     assert not done_blocks(url).any()
-    write_block(open_output(url), plan.block((0, 0)), good)
+    write_block(open_output(spec), plan.block((0, 0)), good)
     assert done_blocks(url)[0, 0]
 
 
 def test_done_blocks_after_several_writes(tmp_path: Path) -> None:
     url = str(tmp_path / "out.zarr")
     plan = _plan((100, 100), (32, 32), (32, 32))
-    create_output(_spec(url, probabilities=False), plan, RECORD)
-    output = open_output(url)
+    spec = _spec(url, probabilities=False)
+    create_output(spec, plan, RECORD)
+    output = open_output(spec)
     written = [(0, 3), (2, 1), (3, 3)]
     for index in written:
         write_block(output, plan.block(index), _result(plan, index, 3, seed=3))
@@ -234,8 +238,9 @@ def test_write_record_and_finalize(tmp_path: Path) -> None:
 def test_remove_partial_files(tmp_path: Path) -> None:
     url = str(tmp_path / "out.zarr")
     plan = _plan((64, 64), (32, 32), (32, 32))
-    create_output(_spec(url), plan, RECORD)
-    write_block(open_output(url), plan.block((0, 0)), _result(plan, (0, 0), 3, seed=4))
+    spec = _spec(url)
+    create_output(spec, plan, RECORD)
+    write_block(open_output(spec), plan.block((0, 0)), _result(plan, (0, 0), 3, seed=4))
     root = tmp_path / "out.zarr"
     leftovers = [root / "labels" / "c" / "1" / "1.partial", root / "done" / "c" / "x.partial",
                  root / "probabilities" / "zarr.json.partial"]
@@ -263,8 +268,9 @@ def test_remove_output(tmp_path: Path) -> None:
 def test_create_output_replaces_what_was_there(tmp_path: Path) -> None:
     url = str(tmp_path / "out.zarr")
     plan = _plan((64, 64), (32, 32), (32, 32))
-    create_output(_spec(url), plan, RECORD)
-    write_block(open_output(url), plan.block((0, 0)), _result(plan, (0, 0), 3, seed=5))
+    spec = _spec(url)
+    create_output(spec, plan, RECORD)
+    write_block(open_output(spec), plan.block((0, 0)), _result(plan, (0, 0), 3, seed=5))
     create_output(_spec(url, probabilities=False), plan, RECORD)
     assert not done_blocks(url).any()
     assert set(zarr.open_group(url, mode="r").array_keys()) == {"labels", "done"}

@@ -67,16 +67,11 @@ def parallel_rate(model_dir: str, size_in: int, processes: int, threads: int,
 @contextlib.contextmanager
 def environ(values: dict[str, str]) -> Iterator[None]:
     """``values`` in this process's environment, the previous values back afterwards."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
+    from unet_tiles.engine.cluster import preserved_environ
+
+    with preserved_environ(values):
+        os.environ.update(values)
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles.engine.faults import with_retries
+from unet_tiles.engine.progress import BlockProgress
 from unet_tiles.errors import BlockFailedError, DiskFullError
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         batch_size=job.batch_size, device=device, amp=job.amp,
     )
     with_retries(
-        lambda: write_block(_open_output(job.output.url, job.run_id), block, result),
+        lambda: write_block(_open_output(job.output, job.run_id), block, result),
         f"writing {name}", job.output.url)
     return {"block": block.index, "pixels": block.write.size,
             "seconds": time.perf_counter() - started}
@@ -132,11 +132,11 @@ def _open_input(source: ImageSource, run_id: str) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _open_output(url: str, run_id: str) -> Any:
+def _open_output(spec: OutputSpec, run_id: str) -> Any:
     from unet_tiles.pipeline.writer import open_output
 
     del run_id
-    return open_output(url)
+    return open_output(spec)
 
 
 def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None,
@@ -164,7 +164,8 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
     if max_in_flight is None:
         threads = sum(client.nthreads().values()) or 1
         max_in_flight = 2 * threads
-    bar = _progress_bar(len(plan), summary.blocks_skipped, progress)
+    # Blocks, Mpx/s and ETA on a terminal; nothing elsewhere unless progress=True.
+    bar = BlockProgress(len(plan), summary.blocks_skipped, enabled=progress)
     by_key: dict[str, Block] = {}
     token = uuid.uuid4().hex[:12]
     pending = iter(todo)
@@ -181,10 +182,12 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
     queue = as_completed([submit(b) for b in _take(pending, max_in_flight)])
     for future in queue:
         block = by_key.pop(str(future.key))
+        pixels = 0
         try:
             info = future.result()
+            pixels = int(info["pixels"])
             summary.blocks_done += 1
-            summary.pixels += int(info["pixels"])
+            summary.pixels += pixels
         except Exception as exc:
             summary.failures.append(_failure(block, job, exc))
             # A full disk or a worker killed again and again fails every next block
@@ -192,14 +195,12 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             fatal = fatal or _fatal(exc, block, plan, job, client)
         finally:
             future.release()
-        if bar is not None:
-            bar.update(1)
+        bar.update(pixels)
         if on_block is not None:
             on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
         for nxt in _take(pending, 0 if fatal else 1):
             queue.add(submit(nxt))
-    if bar is not None:
-        bar.close()
+    bar.close()
     summary.seconds = time.perf_counter() - started
     if fatal:
         raise BlockFailedError(fatal, summary.failures)
@@ -260,16 +261,6 @@ def _take(iterator: Any, n: int) -> list[Any]:
         except StopIteration:
             break
     return out
-
-
-def _progress_bar(total: int, initial: int, progress: bool | None) -> Any:
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="block", dynamic_ncols=True, file=sys.stderr)
 
 
 __all__ = ["BlockJob", "RunSummary", "process_block", "run_plan", "run_serial", "warm_worker"]

@@ -9,14 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unet_tiles.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from distributed import Client
 
@@ -70,6 +70,9 @@ class ClusterInfo:
     torch_threads: int | None
     resources: dict[str, float] | None = field(default=None)
     device: str | None = None
+    # The scheduler's dashboard URL, None where it has none (or bokeh is missing).
+    # Shown to people, never used by the engine: not part of equality.
+    dashboard: str | None = field(default=None, compare=False)
 
 
 def gpus_present() -> int:
@@ -99,19 +102,37 @@ def connect(spec: str = "local", workers: int | None = None,
     if spec == "local":
         spec = "cuda" if gpus_present() else "cpu"
     if spec == "cpu":
-        with _local_cpu(workers, threads_per_worker) as connected:
-            yield connected
+        with _local_cpu(workers, threads_per_worker) as (client, info):
+            yield client, _with_dashboard(client, info)
     elif spec == "cuda":
-        with _local_cuda(workers, threads_per_worker) as connected:
-            yield connected
+        with _local_cuda(workers, threads_per_worker) as (client, info):
+            yield client, _with_dashboard(client, info)
     elif "://" in spec:
-        with _remote(spec) as connected:
-            yield connected
+        with _remote(spec) as (client, info):
+            yield client, _with_dashboard(client, info)
     else:
         raise UsageError(
             f"`cluster` {spec!r} is not one of local, cpu, cuda or a scheduler address "
             "such as tcp://127.0.0.1:8786"
         )
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The dashboard URL of ``client``'s scheduler; None where there is none.
+
+    distributed answers "" or raises (KeyError, AttributeError) when the
+    scheduler runs without a dashboard or cannot say; none of that is an error.
+    """
+    try:
+        link = client.dashboard_link
+    except Exception:  # a property that reaches the scheduler: any failure means none
+        logger.debug("no dashboard link", exc_info=True)
+        return None
+    return str(link) if link else None
+
+
+def _with_dashboard(client: Client, info: ClusterInfo) -> ClusterInfo:
+    return replace(info, dashboard=dashboard_link(client))
 
 
 @contextlib.contextmanager
@@ -137,12 +158,29 @@ def _local_config(worker_environ: dict[str, str] | None = None) -> Iterator[None
     import distributed  # noqa: F401
 
     config: dict[str, object] = dict(LOCAL_CLUSTER_CONFIG)
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     if worker_environ:
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
         environ.update(worker_environ)
         config["distributed.nanny.pre-spawn-environ"] = environ
-    with dask.config.set(config):
+    # Nannies put the pre-spawn environment into *this* process's os.environ
+    # before they spawn a worker; without the restore the driver (and whatever it
+    # starts later) would keep one malloc arena and one OpenMP thread.
+    with preserved_environ(environ), dask.config.set(config):
         yield
+
+
+@contextlib.contextmanager
+def preserved_environ(names: Iterable[str]) -> Iterator[None]:
+    """This process's environment variables ``names`` as they were, afterwards."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
