@@ -214,3 +214,36 @@ def test_resumed_pyramid_is_byte_identical(tmp_path: Path, model_dir: str) -> No
                 if p.is_file() and not p.name.startswith(".")}
 
     assert files(cut) == files(whole)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+@pytest.mark.parametrize(("axes", "shape", "model"), [
+    ("yx", (90, 110), {}),
+    ("zyx", (4, 70, 80), {}),
+    ("zyx", (12, 40, 48), {"dims": 3, "depth": 1, "base_channels": 2}),
+    ("cyx", (2, 70, 80), {"in_channels": 2}),
+    ("tczyx", (2, 2, 3, 40, 50), {"in_channels": 2}),
+])
+def test_round_trip_on_images_written_by_ome_zarr_py(tmp_path: Path, make_model: Any,
+                                                     version: str, axes: str,
+                                                     shape: tuple[int, ...],
+                                                     model: dict[str, Any]) -> None:
+    from ome_images import write_ome_image
+
+    data = (np.random.default_rng(len(shape)).random(shape) * 255).astype("uint8")
+    src = write_ome_image(tmp_path / "img.zarr", data, axes, version, levels=3,
+                          units={a: "micrometer" for a in axes if a in "zyx"})
+    model_dir = str(make_model(classes=3, input_scale=(1 / 255,), **model))
+    out = segment(src, str(tmp_path / "out.zarr"), model_dir, output_kind="both")
+    image_model, label_model = models(version)
+    label_model.from_zarr(out)
+    image_model.from_zarr(out["probabilities"])
+    source = zarr.open_group(src, mode="r")
+    keep = [i for i, a in enumerate(axes) if a != "c"]
+    levels = [d["path"] for d in (source.attrs["ome"] if version == "0.5" else
+                                   source.attrs)["multiscales"][0]["datasets"]]
+    assert len(levels) == 3
+    for number, path in enumerate(levels):
+        assert out[str(number)].shape == tuple(source[path].shape[i] for i in keep)
+    ngff = out.attrs["ome"] if version == "0.5" else out.attrs.asdict()
+    assert [a["name"] for a in ngff["multiscales"][0]["axes"]] == [a for a in axes if a != "c"]

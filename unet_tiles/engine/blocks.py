@@ -53,6 +53,8 @@ class RunSummary:
     blocks_skipped: int = 0
     seconds: float = 0.0
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # The OME layout's pyramid levels, built after the blocks (engine/pyramid.py).
+    pyramid_seconds: float = 0.0
 
     @property
     def megapixels_per_s(self) -> float:
@@ -65,6 +67,7 @@ class RunSummary:
             "blocks_done": self.blocks_done,
             "blocks_skipped": self.blocks_skipped,
             "seconds": round(self.seconds, 3),
+            "pyramid_seconds": round(self.pyramid_seconds, 3),
             "megapixels_per_s": round(self.megapixels_per_s, 3),
             "failures": self.failures,
         }

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -212,13 +213,14 @@ class Run:
         skip = writer.done_blocks(self.output)
         if client is None:
             summary = run_serial(self.plan, job, skip=skip)
-            build_pyramid(None, job.output, self.plan)
-            return summary
-        if not skip.all():
-            client.run(warm_worker, job)
-        summary = run_plan(client, self.plan, job, skip=skip, progress=progress,
-                           resources=resources, on_block=on_block, **kwargs)
+        else:
+            if not skip.all():
+                client.run(warm_worker, job)
+            summary = run_plan(client, self.plan, job, skip=skip, progress=progress,
+                               resources=resources, on_block=on_block, **kwargs)
+        started = time.perf_counter()
         build_pyramid(client, job.output, self.plan)
+        summary.pyramid_seconds = time.perf_counter() - started
         return summary
 
     def finalize(self) -> None:
@@ -361,6 +363,47 @@ def segment(request: SegmentRequest, cluster: str = "local", workers: int | None
         return run.segment(client, info, progress=progress)
 
 
+def plate_requests(request: SegmentRequest) -> list[SegmentRequest] | None:
+    """One request per field image when the input is an HCS plate, else None.
+
+    Field ``A/1/0`` of the plate goes to ``OUTPUT/A/1/0.zarr`` (whose folders are
+    made here), or with ``into_source`` into that field's own ``labels`` group.
+    """
+    from unet_tiles.pipeline.ome import plate_fields
+
+    root = Path(request.input)
+    if is_remote(request.input) or not any((root / name).exists()
+                                           for name in (".zattrs", "zarr.json")):
+        return None  # remote plates: segment their fields one by one, or use archive
+    try:
+        fields = plate_fields(request.input)
+    except InputError:
+        return None  # not a plate; a malformed one fails validation with its reason
+    requests = []
+    for url in fields:
+        relative = url[len(request.input.rstrip("/")) + 1:]
+        if request.into_source:
+            output = ""
+        else:
+            output = f"{request.output.rstrip('/')}/{relative}.zarr"
+            if not is_remote(output):
+                Path(output).parent.mkdir(parents=True, exist_ok=True)
+        requests.append(replace(request, input=url, output=output))
+    return requests
+
+
+def segment_all(requests: list[SegmentRequest], cluster: str = "local",
+                workers: int | None = None, threads_per_worker: int | None = None,
+                progress: bool | None = None) -> list[RunSummary]:
+    """Several images (a plate's fields) on one cluster, each under its own lock;
+    all are validated before the cluster starts."""
+    from unet_tiles.engine.cluster import connect
+
+    runs = [validate(r) for r in requests]
+    with connect(cluster, workers, threads_per_worker) as (client, info):
+        return [run.segment(client, info, progress=progress) for run in runs]
+
+
 def _check_paths(input_url: str, output_url: str) -> None:
     if is_remote(input_url) or is_remote(output_url):
         if input_url.rstrip("/") == output_url.rstrip("/"):
@@ -435,4 +478,4 @@ def _check_axes(source: ImageSource, dims: int, in_channels: int) -> None:
         )
 
 
-__all__ = ["Run", "SegmentRequest", "segment", "validate"]
+__all__ = ["Run", "SegmentRequest", "plate_requests", "segment", "segment_all", "validate"]
