@@ -247,3 +247,31 @@ def test_round_trip_on_images_written_by_ome_zarr_py(tmp_path: Path, make_model:
         assert out[str(number)].shape == tuple(source[path].shape[i] for i in keep)
     ngff = out.attrs["ome"] if version == "0.5" else out.attrs.asdict()
     assert [a["name"] for a in ngff["multiscales"][0]["axes"]] == [a for a in axes if a != "c"]
+
+
+@pytest.mark.cluster
+def test_segment_iterates_a_plates_fields(tmp_path: Path, model_dir: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from ome_images import FIELDS, WELLS, write_plate
+
+    from unet_tiles.cli import main
+
+    plate = write_plate(tmp_path / "plate.zarr", "0.5")
+    # Field A/1/0 is all zeros: ome-zarr stores none of its chunks (zarr's default).
+    common = ["--model", model_dir, "--block-size", "64", "--cluster", "cpu", "--workers", "1",
+              "--allow-missing-chunks"]
+    assert main(["segment", plate, str(tmp_path / "out"), *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(WELLS) * len(FIELDS) == 4
+    image_model, label_model = models("0.5")
+    for well in WELLS:
+        for field in FIELDS:
+            out = zarr.open_group(str(tmp_path / "out" / well / f"{field}.zarr"), mode="r")
+            label_model.from_zarr(out)
+            assert out["0"].shape == (32, 40)
+    # Into the source: each field gets its own labels group.
+    assert main(["segment", plate, "", "--into-source", *common]) == 0
+    for well in WELLS:
+        for field in FIELDS:
+            labels = zarr.open_group(f"{plate}/{well}/{field}/labels", mode="r")
+            assert labels.attrs["ome"]["labels"] == ["unet-tiles"]

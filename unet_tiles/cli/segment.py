@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles.cli.options import (
@@ -31,7 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "fsspec URL) into the zarr v3 group OUTPUT. Rerunning the same command resumes.",
     )
     p.add_argument("input", metavar="INPUT")
-    p.add_argument("output", metavar="OUTPUT")
+    p.add_argument("output", metavar="OUTPUT",
+                   help="the output store; with --into-source INPUT/labels/NAME (or '')")
     add_request_options(p)
     add_cluster_options(p)
     p.add_argument("--overwrite", action="store_true",
@@ -51,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
 
     request = SegmentRequest(input=args.input, output=args.output, overwrite=args.overwrite,
                              **request_options(args))
+    check_preview_path(args.preview)
+    from unet_tiles.engine.run import plate_requests
+
+    fields = plate_requests(request)
+    if fields is not None:
+        return _segment_plate(args, fields)
     # A one-off run without a Prefect server pays no server start-up (bench/README.md).
     if args.prefect or api_configured():
         from unet_tiles.flows import allow_slow_server_start
@@ -60,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
 
         # The flow writes the preview (and links it in its summary artifact).
         summary = run_tracked(request, preview=args.preview, **cluster_options(args))
-        tracked = True
     else:
         from unet_tiles.engine.run import segment
 
@@ -70,38 +78,43 @@ def run(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr, flush=True)
 
         summary = segment(request, progress=progress_option(args), on_cluster=show_dashboard,
-                          **cluster_options(args))
-        tracked = False
+                          preview=args.preview, **cluster_options(args))
     # stdout holds this one line only: scripts read it.
     print(format_summary(summary, args.output))
     if args.preview is None:
         return 0
-    return show_preview(request, args.preview, written=tracked)
-
-
-def show_preview(request: SegmentRequest, path: str, *, written: bool) -> int:
-    """Write the preview PNG of the finished output (``written``: the flow has) and
-    name it on stderr: stdout keeps the summary line alone."""
-    from pathlib import Path
-
-    from unet_tiles.engine.run import validate
-    from unet_tiles.pipeline.preview import write_preview
-
-    if not written:
-        # validate again for the source, output spec and plan: no pixel is read,
-        # and it costs a listing of the input's chunks, not a segmentation.
-        run_ = validate(request)
-        try:
-            write_preview(path, run_.source, run_.job.output, run_.plan)
-        except OSError as exc:
-            print(f"unet-tiles: preview {path} not written: {exc}", file=sys.stderr)
-            return 1
-    if not Path(path).exists():
-        print(f"unet-tiles: preview {path} not written (see the flow run's log)",
+    if not Path(args.preview).exists():
+        print(f"unet-tiles: preview {args.preview} not written (see the flow run's log)",
               file=sys.stderr)
         return 1
-    print(f"preview: {path}", file=sys.stderr)
+    print(f"preview: {args.preview}", file=sys.stderr)
     return 0
+
+
+def _segment_plate(args: argparse.Namespace, fields: list[SegmentRequest]) -> int:
+    """An HCS plate: each field image is one run (one output each), on one cluster."""
+    from unet_tiles.engine.run import segment_all
+    from unet_tiles.errors import UsageError
+
+    if args.preview is not None or args.prefect:
+        raise UsageError("`preview` and `prefect` take one image; for a plate use "
+                         "'unet-tiles archive' (a flow run per field)")
+    summaries = segment_all(fields, progress=progress_option(args), **cluster_options(args))
+    for field, summary in zip(fields, summaries, strict=True):
+        print(format_summary(summary, field.output))
+    return 0
+
+
+def check_preview_path(path: str | None) -> None:
+    """A preview that could not be written is known before the run, not after it."""
+    from unet_tiles.errors import UsageError
+
+    if path is None:
+        return
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"`preview` {path!r}: folder {str(folder)!r} does not exist or is "
+                         "not writable")
 
 
 def dashboard_line(info: ClusterInfo, *, verbose: bool = False, stream: Any = None) -> str | None:

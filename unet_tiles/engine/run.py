@@ -239,6 +239,12 @@ class Run:
             self.finalize()
             return summary
 
+    def preview(self, path: str) -> str:
+        """Write the preview PNG of the finished output (``pipeline/preview.py``)."""
+        from unet_tiles.pipeline.preview import write_preview
+
+        return str(write_preview(path, self.source, self.job.output, self.plan))
+
     def unattended(self) -> tuple[Run | None, Decision]:
         """How nightly and arrival runs treat the output: ``(None, decision)`` to skip a
         complete one; the run to do, set to replace an output unet-tiles wrote from
@@ -349,9 +355,11 @@ def _load_model_once(model_dir: str, stamp: tuple[Any, ...]) -> tuple[UNet, str]
 
 def segment(request: SegmentRequest, cluster: str = "local", workers: int | None = None,
             threads_per_worker: int | None = None, progress: bool | None = None,
-            on_cluster: Callable[[ClusterInfo], None] | None = None) -> RunSummary:
+            on_cluster: Callable[[ClusterInfo], None] | None = None,
+            preview: str | None = None) -> RunSummary:
     """Validate and run one image on a cluster started or joined for it;
-    ``on_cluster`` is told about the cluster once it runs (the CLI shows its dashboard)."""
+    ``on_cluster`` is told about the cluster once it runs (the CLI shows its
+    dashboard); ``preview``: a PNG of the result written afterwards."""
     from unet_tiles.engine.cluster import connect
 
     run = validate(request)
@@ -360,7 +368,10 @@ def segment(request: SegmentRequest, cluster: str = "local", workers: int | None
     with run.locked(), connect(cluster, workers, threads_per_worker) as (client, info):
         if on_cluster is not None:
             on_cluster(info)
-        return run.segment(client, info, progress=progress)
+        summary = run.segment(client, info, progress=progress)
+    if preview is not None:
+        run.preview(preview)
+    return summary
 
 
 def plate_requests(request: SegmentRequest) -> list[SegmentRequest] | None:

@@ -69,7 +69,9 @@ def progress_artifact(description: str, key: str | None = None) -> ThrottledProg
 
 
 def summary_row(input_url: str, output_url: str, summary: dict[str, Any],
-                model_hash: str) -> dict[str, Any]:
+                model_hash: str, preview: str | None = None) -> dict[str, Any]:
+    """One row of the summary table; ``preview``: the PNG written after the run
+    (a local path, as text), empty without one."""
     return {
         "input": input_url,
         "output": output_url,
@@ -80,6 +82,7 @@ def summary_row(input_url: str, output_url: str, summary: dict[str, Any],
         "seconds": summary["seconds"],
         "Mpx/s": summary["megapixels_per_s"],
         "model hash": model_hash[:12],
+        "preview": preview or "",
     }
 
 

@@ -1,6 +1,6 @@
 """``segment_image``: one image as a Prefect flow run.
 
-    validate ──> prepare-output ──> run-blocks ──> finalize ──> summary artifact
+    validate ──> prepare-output ──> run-blocks ──> finalize ──> [preview] ──> summary artifact
     (no I/O)     (create/resume)    (dask futures, one per block; live progress)
                  ^------------ under the output's run lock -------------^
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from unet_tiles.engine.run import SegmentRequest, validate
 
@@ -23,6 +24,7 @@ from .steps import finalize_step, prepare_step, run_blocks_step, validate_step
 
 if TYPE_CHECKING:
     from unet_tiles.engine.blocks import RunSummary
+    from unet_tiles.engine.run import Run
 
 
 @flow(name="segment-image", log_prints=False, validate_parameters=True)
@@ -49,6 +51,7 @@ def segment_image(
     workers: int | None = None,
     threads_per_worker: int | None = None,
     make_parent_dirs: bool = False,
+    preview: str | None = None,
 ) -> dict[str, Any]:
     """Segment ``input`` into ``output`` with the model in ``model_dir``.
 
@@ -64,6 +67,9 @@ def segment_image(
         level: the OME-Zarr multiscales level to segment (0: full resolution).
         make_parent_dirs: create the output's folder (arrival runs write into
             a mirror of the watched tree).
+        preview: write this PNG after the run (``pipeline/preview.py``: an
+            overview beside a full-resolution crop across a block corner); the
+            summary artifact names it. A failure to write it is logged, not fatal.
 
     Returns:
         The run summary: pixels, blocks done and skipped, seconds, Mpx/s.
@@ -88,18 +94,33 @@ def segment_image(
         prepare_step(run)
         summary = run_blocks_step(run, choice, progress_key=artifact_key("progress", output))
         finalize_step(run)
-    row = summary_row(input, output, summary, run.job.model_hash)
+    written = None
+    if preview is not None:
+        try:
+            written = preview_step(run, preview)
+        except Exception as exc:
+            # The output is complete: a missing picture of it must not fail the run.
+            logger.warning("preview %s not written: %s", preview, exc)
+    row = summary_row(input, output, summary, run.job.model_hash, preview=written)
     table([row], key=artifact_key("segment", output), description=f"segmented {input}")
     logger.info(
         "segmented %.1f Mpx in %d blocks (%d already done) in %.1f s = %.2f Mpx/s -> %s",
         summary["pixels"] / 1e6, summary["blocks_done"], summary["blocks_skipped"],
         summary["seconds"], summary["megapixels_per_s"], output,
     )
-    return {**summary, "input": input, "output": output, "model_hash": run.job.model_hash}
+    return {**summary, "input": input, "output": output, "model_hash": run.job.model_hash,
+            "preview": written}
+
+
+@task(name="preview", cache_policy=NO_CACHE)
+def preview_step(run: Run, path: str) -> str:
+    """``Run.preview``: the PNG of the finished output; its path."""
+    return run.preview(path)
 
 
 def run_tracked(request: SegmentRequest, cluster: str | None = None, workers: int | None = None,
-                threads_per_worker: int | None = None) -> RunSummary:
+                threads_per_worker: int | None = None,
+                preview: str | None = None) -> RunSummary:
     """``unet-tiles segment`` as a tracked flow run (``--prefect`` or a configured API).
 
     The request is validated here first, without Prefect: a typo fails in well
@@ -113,6 +134,6 @@ def run_tracked(request: SegmentRequest, cluster: str | None = None, workers: in
     validate(request)
     # The flow's parameters are the request's fields (a test keeps them in step).
     result = segment_image(**asdict(request), cluster=cluster, workers=workers,
-                           threads_per_worker=threads_per_worker)
+                           threads_per_worker=threads_per_worker, preview=preview)
     names = ("pixels", "blocks_total", "blocks_done", "blocks_skipped", "seconds")
     return RunSummary(**{name: result[name] for name in names})
