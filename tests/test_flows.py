@@ -220,3 +220,24 @@ def test_flow_parameters_follow_segment_request(entry: str) -> None:
         assert f.name in parameters, f.name
         if f.default is not dataclasses.MISSING:
             assert parameters[f.name].default == f.default, f.name
+
+
+@pytest.mark.cluster
+def test_archive_step_writes_a_preview_beside_the_output(tmp_path: Path, model_dir: str,
+                                                         client: Any) -> None:
+    from PIL import Image
+
+    from unet_tiles.engine.cluster import ClusterInfo
+    from unet_tiles.engine.run import SegmentRequest
+    from unet_tiles.flows.archive import Outcome, segment_step
+
+    _image(tmp_path / "in.zarr")
+    request = SegmentRequest(str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), model_dir)
+    info = ClusterInfo("cpu", 2, 1, 1)
+    summary = segment_step.fn("in", request, client.scheduler.address, info, preview=True)
+    assert summary["preview"] == str(tmp_path / "out.zarr") + ".preview.png"
+    with Image.open(summary["preview"]) as png:
+        assert png.mode == "RGB"
+        assert png.width > png.height > 0
+    row = Outcome("in", "in", str(tmp_path / "out.zarr"), "done", "", summary=summary).row()
+    assert row["preview"] == summary["preview"]

@@ -263,7 +263,7 @@ def test_segment_iterates_a_plates_fields(tmp_path: Path, model_dir: str,
     assert main(["segment", plate, str(tmp_path / "out"), *common]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(WELLS) * len(FIELDS) == 4
-    image_model, label_model = models("0.5")
+    label_model = models("0.5")[1]
     for well in WELLS:
         for field in FIELDS:
             out = zarr.open_group(str(tmp_path / "out" / well / f"{field}.zarr"), mode="r")

@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_cluster_options(p, default=None)
     p.add_argument("--max-concurrent", type=int, default=2, metavar="N",
                    help="images segmented at once on the shared cluster (default 2)")
+    p.add_argument("--previews", action="store_true",
+                   help="write OUTPUT.preview.png beside each segmented image's output "
+                   "(named in the report)")
     add_config_option(p)
     return p
 
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     _quiet_after_prefect_import(args)
     state = segment_archive(
         root=args.root, output_root=args.output_root, **request_options(args),
-        **cluster_options(args), max_concurrent=args.max_concurrent, return_state=True,
+        **cluster_options(args), max_concurrent=args.max_concurrent,
+        previews=args.previews, return_state=True,
     )
     result = state.result(raise_on_failure=False)
     if isinstance(result, ArchiveFailedError):
@@ -82,7 +86,8 @@ def _quiet_after_prefect_import(args: argparse.Namespace) -> None:
 
 def format_row(row: dict[str, Any]) -> str:
     if row["status"] == "done":
-        return f"done     {row['image']} -> {row['output']} ({row['seconds']:.1f} s)"
+        preview = f"; preview {row['preview']}" if row.get("preview") else ""
+        return f"done     {row['image']} -> {row['output']} ({row['seconds']:.1f} s{preview})"
     if row["status"] == "skipped":
         return f"skipped  {row['image']} ({row['reason']})"
     return f"FAILED   {row['image']}: {row['reason']}"

@@ -55,6 +55,7 @@ class Outcome:
             "output": self.output,
             "pixels": summary.get("pixels", 0),
             "seconds": summary.get("seconds", 0.0),
+            "preview": summary.get("preview", ""),
         }
 
 
@@ -97,10 +98,15 @@ def plan_step(images: list[ImageRef], output_root: str,
 
 @task(name="segment-image", task_run_name="segment-{name}", **RETRY)
 def segment_step(name: str, request: SegmentRequest, address: str,
-                 info: ClusterInfo) -> dict[str, Any]:
+                 info: ClusterInfo, preview: bool = False) -> dict[str, Any]:
     # Validated again here: the image may have changed since the plan, and the
     # task passes a request (paths, options), never a plan or pixels.
-    return segment_on(validate(request), address, info)
+    run = validate(request)
+    summary = segment_on(run, address, info)
+    if preview:
+        # Beside the output, so the report's row and the store travel together.
+        summary["preview"] = run.preview(f"{run.output.rstrip('/')}.preview.png")
+    return summary
 
 
 @flow(name="segment-archive", log_prints=False, validate_parameters=True)
@@ -126,6 +132,7 @@ def segment_archive(
     workers: int | None = None,
     threads_per_worker: int | None = None,
     max_concurrent: int = 2,
+    previews: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment every image under ``root`` into ``output_root`` not already done.
 
@@ -161,7 +168,7 @@ def segment_archive(
     finished = {o.image: o for o in planned if o.status != "todo"}
     if todo:
         finished.update(_segment_all(todo, cluster_choice(cluster, workers, threads_per_worker),
-                                     max_concurrent, root))
+                                     max_concurrent, root, previews))
     outcomes = [finished[o.image] for o in planned]
     table([o.row() for o in outcomes], key=artifact_key("archive", root),
           description=f"segment-archive {root} -> {output_root}")
@@ -175,7 +182,7 @@ def segment_archive(
 
 
 def _segment_all(todo: list[Outcome], choice: Any, max_concurrent: int,
-                 root: str) -> dict[str, Outcome]:
+                 root: str, previews: bool) -> dict[str, Outcome]:
     from unet_tiles.engine.cluster import connect
 
     logger = get_run_logger()
@@ -189,7 +196,7 @@ def _segment_all(todo: list[Outcome], choice: Any, max_concurrent: int,
         futures: list[Any] = [
             runner.submit(segment_step,  # type: ignore[arg-type]
                           {"name": o.relative or o.image, "request": o.request,
-                           "address": address, "info": info})
+                           "address": address, "info": info, "preview": previews})
             for o in todo
         ]
         for count, (item, future) in enumerate(zip(todo, futures, strict=True), start=1):
