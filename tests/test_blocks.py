@@ -137,11 +137,11 @@ def test_warm_worker_sets_threads_and_loads_the_model(tmp_path: Path,
 
 def test_run_summary_to_dict() -> None:
     summary = RunSummary(pixels=3_000_000, blocks_total=5, blocks_done=3, blocks_skipped=2,
-                         seconds=1.23456)
+                         seconds=1.23456, pyramid_seconds=0.4321)
     assert summary.megapixels_per_s == pytest.approx(3 / 1.23456)
     assert summary.to_dict() == {
         "pixels": 3_000_000, "blocks_total": 5, "blocks_done": 3, "blocks_skipped": 2,
-        "seconds": 1.235, "megapixels_per_s": 2.43, "failures": []}
+        "seconds": 1.235, "pyramid_seconds": 0.432, "megapixels_per_s": 2.43, "failures": []}
     assert RunSummary().megapixels_per_s == 0.0
 
 
