@@ -68,7 +68,9 @@ def add_cluster_options(p: argparse.ArgumentParser, default: str | None = "local
     """Where the blocks run: ``engine.cluster.connect``'s arguments."""
     group = p.add_argument_group("cluster")
     group.add_argument("--cluster", default=default,
-                       help="local (default), cpu, cuda, or a scheduler address tcp://host:port")
+                       help="local (default), cpu, cuda, a scheduler address tcp://host:port, "
+                       "or a cluster spec FILE.yaml (kind: slurm, kubernetes or scheduler; "
+                       "examples in deploy/cluster-*.yaml)")
     group.add_argument("--workers", type=int, default=None, metavar="N",
                        help="workers of a local cluster")
     group.add_argument("--threads-per-worker", type=int, default=None, metavar="N")
@@ -93,10 +95,14 @@ def add_config_option(p: argparse.ArgumentParser) -> None:
 
 
 def request_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``SegmentRequest`` fields the request options set, and the effective
-    configuration (cli/config.py) for the provenance record."""
+    """The ``SegmentRequest`` fields the request options set, and, for a run started
+    from a ``--config`` file, the effective configuration (file and flags merged,
+    cli/config.py) for the provenance record. Without a file nothing is recorded:
+    the same run from the command line, a flow or Python gives the same bytes."""
     options = {name: getattr(args, name) for name in REQUEST_FIELDS if name != "configuration"}
-    return {**options, "configuration": getattr(args, "effective_config", None)}
+    used_file = getattr(args, "config", None) is not None
+    return {**options,
+            "configuration": getattr(args, "effective_config", None) if used_file else None}
 
 
 def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
