@@ -32,6 +32,8 @@ RESTRICTED = {
     "prefect": {"flows"},
     "prefect_dask": {"flows"},
     "dask_cuda": {"engine/cluster.py"},
+    "dask_jobqueue": {"engine/cluster.py"},
+    "dask_kubernetes": {"engine/cluster.py"},
 }
 # Too slow to import for ``unet-tiles --help`` or ``import unet_tiles``.
 HEAVY = ("torch", "distributed", "dask_cuda", "prefect", "zarr", "scipy")

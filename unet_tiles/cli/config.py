@@ -32,9 +32,15 @@ import copy
 import difflib
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unet_tiles.engine.yaml_file import MERGE_TAG as _MERGE_TAG
+from unet_tiles.engine.yaml_file import STR_TAG as _STR_TAG
+from unet_tiles.engine.yaml_file import one_line as _one_line
+from unet_tiles.engine.yaml_file import read_file
+from unet_tiles.engine.yaml_file import shown as _shown
+from unet_tiles.engine.yaml_file import shown_node as _shown_node
+from unet_tiles.engine.yaml_file import yaml_problem as _yaml_problem
 from unet_tiles.errors import UsageError
 
 if TYPE_CHECKING:
@@ -44,8 +50,6 @@ CONFIG_DEST = "config"
 # The actions a file may set: a value (``store``) or a flag (``store_true`` / ``store_false``).
 _FLAGS = (argparse._StoreTrueAction, argparse._StoreFalseAction)
 _SETTABLE = (argparse._StoreAction, *_FLAGS)
-_STR_TAG = "tag:yaml.org,2002:str"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True)
@@ -81,14 +85,7 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Setting
     against ``parser``'s options; ``UsageError`` (one line: file and line) if not."""
     import yaml
 
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a config file") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    data = read_file(path, "config file")
     keys = config_keys(parser)
     loader = yaml.SafeLoader(data)
     try:
@@ -356,29 +353,6 @@ def _expected(action: argparse.Action, plural: bool = False) -> str:
     return "values" if plural else "a value"
 
 
-def _shown_node(node: Any, loader: Any) -> str:
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return _shown(loader.construct_object(node))
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _unknown(key: str, keys: dict[str, argparse.Action]) -> str:
     if _normal(key) == CONFIG_DEST:
         return f"{key!r} cannot be set in a config file (pass --config on the command line)"
@@ -387,22 +361,8 @@ def _unknown(key: str, keys: dict[str, argparse.Action]) -> str:
     return f"unknown key {key!r}{hint}"
 
 
-def _yaml_problem(exc: Any) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    line = f":{mark.line + 1}" if mark is not None else ""
-    problem = _one_line(str(exc.problem or exc.context or "unreadable"))
-    context = ""
-    if exc.problem and exc.context and exc.context_mark is not None:
-        context = f" ({_one_line(str(exc.context))} on line {exc.context_mark.line + 1})"
-    return f"{line}: invalid YAML: {problem}{context}"
-
-
 def _normal(key: str) -> str:
     return key.replace("-", "_")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,8 @@
-"""Make or join a dask cluster: local CPU, local CUDA, or an existing scheduler.
+"""Make or join a dask cluster: local CPU, local CUDA, an existing scheduler, or the
+cluster of a spec file (SLURM, Kubernetes, a scheduler with TLS: engine/cluster_spec.py).
 
-``dask_cuda`` is imported only on the code path that starts a CUDA cluster,
-so CPU hosts never need it installed.
+``dask_cuda``, ``dask_jobqueue`` and ``dask_kubernetes`` are imported only on the code
+path that starts their cluster, so hosts without them never need them installed.
 """
 
 from __future__ import annotations
@@ -9,10 +10,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from unet_tiles.engine.cluster_spec import (
+    ClusterSpec,
+    KubernetesSpec,
+    SchedulerSpec,
+    SlurmSpec,
+    is_spec_file,
+    load_spec,
+)
 from unet_tiles.errors import UsageError
 
 if TYPE_CHECKING:
@@ -97,7 +107,10 @@ def connect(spec: str = "local", workers: int | None = None,
     """Yield a connected ``Client`` and what it runs on; close what was started.
 
     ``spec``: ``local`` (CUDA if GPUs are present, else CPU), ``cpu``, ``cuda``,
-    or a scheduler address ``tcp://host:port`` / ``tls://host:port``.
+    a scheduler address ``tcp://host:port`` / ``tls://host:port``, or a cluster spec
+    file ``FILE.yaml`` (engine/cluster_spec.py: ``kind`` slurm, kubernetes or
+    scheduler). ``workers`` and ``threads_per_worker`` size local clusters only: a
+    spec file sizes its own cluster.
     """
     if spec == "local":
         spec = "cuda" if gpus_present() else "cpu"
@@ -110,10 +123,13 @@ def connect(spec: str = "local", workers: int | None = None,
     elif "://" in spec:
         with _remote(spec) as (client, info):
             yield client, _with_dashboard(client, info)
+    elif is_spec_file(spec):
+        with _from_spec(load_spec(spec)) as (client, info):
+            yield client, _with_dashboard(client, info)
     else:
         raise UsageError(
             f"`cluster` {spec!r} is not one of local, cpu, cuda or a scheduler address "
-            "such as tcp://127.0.0.1:8786"
+            "such as tcp://127.0.0.1:8786, nor a cluster spec FILE.yaml"
         )
 
 
@@ -249,14 +265,20 @@ def _shared_gpus(workers: int, threads: int,
 
 
 @contextlib.contextmanager
-def _remote(address: str) -> Iterator[tuple[Client, ClusterInfo]]:
+def _remote(address: str | None, *, scheduler_file: str | None = None,
+            security: Any = None, what: str | None = None) -> Iterator[tuple[Client, ClusterInfo]]:
+    """Join the scheduler at ``address`` (or the one ``scheduler_file`` names)."""
     from distributed import Client
 
+    what = what or str(address)
     try:
-        client = Client(address, timeout="20s")
+        if scheduler_file is not None:
+            client = Client(scheduler_file=scheduler_file, security=security, timeout="20s")
+        else:
+            client = Client(address, security=security, timeout="20s")
     except (OSError, TypeError) as exc:  # TypeError: tls:// without TLS config (docs/security.md)
         raise UsageError(
-            f"`cluster` {address}: cannot reach a dask scheduler there ({exc}); "
+            f"`cluster` {what}: cannot reach a dask scheduler there ({exc}); "
             "start one with 'dask scheduler' or check the address"
         ) from None
     with client:
@@ -267,3 +289,177 @@ def _remote(address: str) -> Iterator[tuple[Client, ClusterInfo]]:
         yield client, ClusterInfo(
             "remote", len(workers), threads, None, {"GPU": 1} if has_gpu else None
         )
+
+
+# --- clusters of a spec file (engine/cluster_spec.py) -----------------------------------
+
+# Where the clusters below put their scheduler's dashboard: loopback only, as the local
+# clusters do (it shows paths and logs, and has no auth); ssh -L to look at it.
+SPEC_DASHBOARD = "127.0.0.1:0"
+# What `python -m` runs on a SLURM job's GPU node: dask-cuda's `dask cuda worker`
+# (dask_cuda/cli.py runs its worker command as __main__), one worker per GPU.
+SLURM_GPU_WORKER = "dask_cuda.cli"
+
+
+@contextlib.contextmanager
+def _from_spec(spec: ClusterSpec) -> Iterator[tuple[Client, ClusterInfo]]:
+    if isinstance(spec, SlurmSpec):
+        with _slurm(spec) as connected:
+            yield connected
+    elif isinstance(spec, KubernetesSpec):
+        with _kubernetes(spec) as connected:
+            yield connected
+    else:
+        with _scheduler(spec) as connected:
+            yield connected
+
+
+def _missing(spec: ClusterSpec, package: str, extra: str, exc: ImportError) -> UsageError:
+    return UsageError(f"`cluster` {spec.where()}: kind {spec.kind} needs {package} ({exc}); "
+                      f"install it with pip install 'unet-tiles[{extra}]'")
+
+
+def slurm_cluster(spec: SlurmSpec) -> Any:
+    """dask-jobqueue's ``SLURMCluster`` for ``spec``, its scheduler started here and no
+    job submitted yet (``scale`` submits them; ``job_script()`` shows one)."""
+    try:
+        from dask_jobqueue.slurm import SLURMCluster
+    except ImportError as exc:
+        raise _missing(spec, "dask-jobqueue", "slurm", exc) from None
+    extra = dict(spec.extra)
+    directives = [f"--gres=gpu:{spec.gpus}"] if spec.gpus else []
+    directives += extra.pop("job_extra_directives", [])
+    worker_args = list(extra.pop("worker_extra_args", []))
+    if spec.gpus:
+        # Each block claims one unit of GPU; a worker has a unit per thread.
+        worker_args = ["--resources", f"GPU={spec.threads_per_worker}", *worker_args]
+        extra["worker_command"] = SLURM_GPU_WORKER
+    extra["scheduler_options"] = {"dashboard_address": SPEC_DASHBOARD,
+                                  **extra.get("scheduler_options", {})}
+    given: dict[str, Any] = {
+        "queue": spec.partition, "account": spec.account, "walltime": spec.walltime,
+        "python": spec.python, "local_directory": spec.local_directory,
+        "log_directory": spec.log_directory}
+    return SLURMCluster(
+        n_workers=0,
+        cores=spec.cores,
+        memory=spec.memory,
+        processes=spec.worker_processes,
+        job_extra_directives=directives,
+        worker_extra_args=worker_args,
+        silence_logs=logging.CRITICAL,
+        **{key: value for key, value in given.items() if value is not None},
+        **extra,
+    )
+
+
+@contextlib.contextmanager
+def _slurm(spec: SlurmSpec) -> Iterator[tuple[Client, ClusterInfo]]:
+    try:
+        import dask_jobqueue  # noqa: F401
+    except ImportError as exc:
+        raise _missing(spec, "dask-jobqueue", "slurm", exc) from None
+    if shutil.which("sbatch") is None:
+        raise UsageError(
+            f"`cluster` {spec.where()}: kind slurm submits its jobs with sbatch, which is not "
+            "on PATH here; run unet-tiles on a machine of the SLURM cluster (a login node)")
+    from distributed import Client
+
+    with slurm_cluster(spec) as cluster:
+        cluster.scale(jobs=spec.jobs)
+        with Client(cluster) as client:
+            threads = spec.threads_per_worker
+            workers = spec.jobs * spec.worker_processes
+            if spec.gpus:
+                yield client, ClusterInfo("slurm", workers, threads, None, {"GPU": 1})
+            else:
+                torch_threads = max(1, spec.cores // (spec.worker_processes * threads))
+                yield client, ClusterInfo("slurm", workers, threads, torch_threads)
+
+
+def kubernetes_manifest(spec: KubernetesSpec) -> dict[str, Any]:
+    """The ``DaskCluster`` resource of ``spec``: dask-kubernetes' ``make_cluster_spec``,
+    with ``resources`` on the workers only (the scheduler needs no GPU) and, for GPU
+    workers, ``dask cuda worker`` with a ``GPU`` resource per thread."""
+    try:
+        from dask_kubernetes.operator import make_cluster_spec
+    except ImportError as exc:
+        raise _missing(spec, "dask-kubernetes", "kubernetes", exc) from None
+    threads = spec.threads
+    command = ["dask", "cuda", "worker"] if spec.gpus else ["dask", "worker"]
+    command += ["--nthreads", str(threads)]
+    if spec.gpus:
+        command += ["--resources", f"GPU={threads}"]
+    manifest: dict[str, Any] = make_cluster_spec(
+        name=spec.name, image=spec.image, n_workers=spec.n_workers,
+        env=dict(spec.env) or None, worker_command=command,
+        scheduler_service_type=spec.scheduler_service_type)
+    worker = manifest["spec"]["worker"]["spec"]["containers"][0]
+    if spec.resources:
+        worker["resources"] = {part: dict(amounts) for part, amounts in spec.resources.items()}
+    without_none: dict[str, Any] = _without_none(manifest)
+    return without_none
+
+
+def _without_none(value: Any) -> Any:
+    """``value`` without the None entries of its mappings (the API server's schemas
+    have no nulls: ``env: null`` is "no env")."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def _kube_credentials() -> bool:
+    return bool(os.environ.get("KUBECONFIG") or os.environ.get("KUBERNETES_SERVICE_HOST")
+                or Path("~/.kube/config").expanduser().is_file())
+
+
+@contextlib.contextmanager
+def _kubernetes(spec: KubernetesSpec) -> Iterator[tuple[Client, ClusterInfo]]:
+    try:
+        from dask_kubernetes.operator import KubeCluster
+    except ImportError as exc:
+        raise _missing(spec, "dask-kubernetes", "kubernetes", exc) from None
+    if not _kube_credentials():
+        raise UsageError(
+            f"`cluster` {spec.where()}: kind kubernetes found no Kubernetes credentials "
+            "(no KUBECONFIG, ~/.kube/config or in-cluster service account); set kubectl up "
+            "for the cluster that runs the dask-kubernetes operator")
+    from distributed import Client
+
+    manifest = kubernetes_manifest(spec)
+    try:
+        cluster = KubeCluster(custom_cluster_spec=manifest, namespace=spec.namespace,
+                              shutdown_on_close=True, quiet=True)
+    except (ValueError, OSError, TimeoutError) as exc:
+        raise UsageError(
+            f"`cluster` {spec.where()}: cannot create the DaskCluster {spec.name!r} ({exc}); "
+            "check kubectl's context and that the dask-kubernetes operator runs there"
+        ) from None
+    with cluster, Client(cluster) as client:
+        workers = spec.n_workers * max(1, spec.gpus)
+        if spec.gpus:
+            yield client, ClusterInfo("kubernetes", workers, spec.threads, None, {"GPU": 1})
+        else:
+            yield client, ClusterInfo("kubernetes", workers, spec.threads, None)
+
+
+@contextlib.contextmanager
+def _scheduler(spec: SchedulerSpec) -> Iterator[tuple[Client, ClusterInfo]]:
+    for key in ("scheduler_file", "ca_file", "cert", "key"):
+        path = getattr(spec, key)
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"`cluster` {spec.where(key)}: {key!r} {path}: no such file")
+    security = None
+    if spec.tls:
+        from distributed import Security
+
+        security = Security(tls_ca_file=spec.ca_file, tls_client_cert=spec.cert,
+                            tls_client_key=spec.key, require_encryption=True)
+    what = f"{spec.where('address' if spec.address else 'scheduler_file')} " + (
+        spec.address or f"(scheduler file {spec.scheduler_file})")
+    with _remote(spec.address, scheduler_file=spec.scheduler_file, security=security,
+                 what=what) as connected:
+        yield connected
