@@ -65,6 +65,7 @@ DASK_ENV = {
     "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
     "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
     "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
+    "DASK_LOGGING__DISTRIBUTED": "error",
     # One process hosts many workers: fewer OpenMP/BLAS threads than workers.
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
