@@ -281,3 +281,22 @@ def test_run_plan_skips_and_counts(tmp_path: Path, make_model: Callable[..., Pat
     expected = softmax(reference_logits(model, image[None]))
     assert np.abs(probs - expected).max() <= 1e-4
     assert (labels == expected.argmax(0)).mean() > 0.999
+
+
+@pytest.mark.cluster
+def test_run_plan_on_a_client_that_is_not_the_default(tmp_path: Path, make_model: Any) -> None:
+    """The archive runs each image on its own client (set_as_default=False), several
+    at once: the run must wait on that client's loop, never the default client's."""
+    from distributed import Client, LocalCluster
+
+    from unet_tiles.engine.run import SegmentRequest, validate
+
+    image = (np.random.default_rng(2).random((64, 96)) * 255).astype("uint8")
+    src = write_zarr(tmp_path / "in.zarr", image, (32, 32))
+    run = validate(SegmentRequest(src, str(tmp_path / "out.zarr"), str(make_model()),
+                                  block_size=32))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, \
+            Client(cluster.scheduler_address, set_as_default=False) as client:
+        summary = run.segment(client, progress=False)
+    assert summary.blocks_done == 6

@@ -58,7 +58,8 @@ KILLER = textwrap.dedent('''
 
         def write_block(output, block, result):
             if block.id == target:  # all data chunks written, then killed before the marker
-                output = writer.OpenOutput(output.labels, output.probabilities, DieOnDone())
+                output = writer.OpenOutput(output.labels, output.probabilities, DieOnDone(),
+                                           output.channel_index)
             return real(output, block, result)
 
         writer.write_block = write_block

@@ -182,7 +182,10 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
         return future
 
     fatal: str | None = None
-    queue = as_completed([submit(b) for b in _take(pending, max_in_flight)])
+    # as_completed binds to the *default* client's event loop unless told; an
+    # archive runs each image on its own, non-default client, and the futures'
+    # events must be awaited on that client's loop (dask/distributed#4317).
+    queue = as_completed([submit(b) for b in _take(pending, max_in_flight)], loop=client.loop)
     for future in queue:
         block = by_key.pop(str(future.key))
         pixels = 0
