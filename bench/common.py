@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "unet_tiles" / "demo" / "model"
@@ -33,3 +35,43 @@ def synthetic_input(work: Path, size: int, chunk: int = 1024) -> str:
 
 def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+class RssSamples:
+    """(time, summed RSS of this process and all its children: scheduler, nannies,
+    workers) every ``interval_s``, in a background thread, while in a ``with``."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.samples.append((time.monotonic(), total))
+            time.sleep(self.interval_s)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((rss for _, rss in self.samples), default=0)
+
+    def peak_between(self, start: float, stop: float) -> int:
+        return max((rss for t, rss in self.samples if start <= t <= stop), default=0)
+
+    def __enter__(self) -> RssSamples:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -12,41 +12,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import threading
-import time
 
-import psutil
-from common import synthetic_input, workdir
-
-
-class PeakRss:
-    """Track the peak of the summed RSS of a process tree in a background thread."""
-
-    def __init__(self, interval_s: float = 0.05) -> None:
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_bytes = max(self.peak_bytes, total)
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from common import RssSamples, synthetic_input, workdir
 
 
 def main() -> None:
@@ -67,7 +34,7 @@ def main() -> None:
     results = []
     for size in args.sizes:
         src = synthetic_input(work, size)
-        with PeakRss() as peak:
+        with RssSamples() as peak:
             summary = segment(src, str(work / f"out{size}.zarr"), model, progress=False)
         results.append((size, peak.peak_bytes / 2**20, summary))
         print(f"{size} x {size} ({size * size / 1e6:.0f} Mpx): peak RSS of all processes "

@@ -15,44 +15,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import threading
 import time
 
-import psutil
-from common import bench_model, synthetic_input, workdir
-
-
-class RssSamples:
-    """(time, summed RSS of the process tree) every ``interval_s``, in a thread."""
-
-    def __init__(self, interval_s: float = 0.05) -> None:
-        self.interval_s = interval_s
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.samples.append((time.monotonic(), total))
-            time.sleep(self.interval_s)
-
-    def peak_between(self, start: float, stop: float) -> int:
-        return max((rss for t, rss in self.samples if start <= t <= stop), default=0)
-
-    def __enter__(self) -> RssSamples:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from common import RssSamples, bench_model, synthetic_input, workdir
 
 
 def main() -> None:
