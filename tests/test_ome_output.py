@@ -275,3 +275,23 @@ def test_segment_iterates_a_plates_fields(tmp_path: Path, model_dir: str,
         for field in FIELDS:
             labels = zarr.open_group(f"{plate}/{well}/{field}/labels", mode="r")
             assert labels.attrs["ome"]["labels"] == ["unet-tiles"]
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_napari_opens_the_labels_as_a_labels_layer(tmp_path: Path, model_dir: str,
+                                                   version: str) -> None:
+    """napari-ome-zarr's reader function, headless: what napari would show."""
+    from napari_ome_zarr import napari_get_reader
+
+    src = ome_image(tmp_path / "img.zarr", version)
+    out = str(tmp_path / "out.zarr")
+    segment(src, out, model_dir)
+    reader = napari_get_reader(out)
+    assert reader is not None
+    ((data, options, kind),) = reader(out)
+    assert kind == "labels"
+    assert [level.shape for level in data] == [(150, 170), (75, 85), (38, 43)]
+    assert list(options["scale"]) == [0.25, 0.25]
+    validate(SegmentRequest(src, "", model_dir, into_source=True, block_size=64)).segment()
+    kinds = [kind for _, _, kind in napari_get_reader(src)(src)]  # type: ignore[misc]
+    assert kinds == ["image", "labels"]
