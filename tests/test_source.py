@@ -255,7 +255,7 @@ def test_malformed_ome_metadata_is_an_input_error(tmp_path: Path, multiscales: l
      ((40, 50), "ab", "`axes` 'ab' must use each of the letters t,c,z,y,x at most once"),
      ((40, 50), "zyx", "`axes` 'zyx' names 3 axes but input .* has 2 \\(40, 50\\)"),
      ((2, 40, 50), "yx", "`axes` 'yx' names 2 axes but input .* has 3 \\(2, 40, 50\\)"),
-     ((2, 40, 50), "yxc", "has axes 'yxc'; the last two must be y and x"),
+     ((2, 40, 50), "yxc", "has axes 'yxc'; the last two must be y and x \\(rewrite it"),
      ((40, 50), "xy", "has axes 'xy'; the last two must be y and x")],
 )
 def test_axes_are_checked(tmp_path: Path, shape: tuple[int, ...], axes: str,
@@ -268,7 +268,8 @@ def test_axes_are_checked(tmp_path: Path, shape: tuple[int, ...], axes: str,
 def test_stored_names_must_end_in_yx(tmp_path: Path) -> None:
     url = write_zarr(tmp_path / "a.zarr", np.zeros((30, 40, 2), np.uint8), (16, 16, 2),
                      dimension_names=("y", "x", "c"))
-    with pytest.raises(InputError, match="has axes 'yxc'; the last two must be y and x"):
+    with pytest.raises(InputError, match="has axes 'yxc'; the last two must be y and x "
+                                         "\\(pass `axes` if they are stored wrongly"):
         open_source(url)
     assert open_source(url, axes="zyx").axes == "zyx"
 

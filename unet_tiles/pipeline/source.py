@@ -325,8 +325,11 @@ def _resolve_axes(url: str, shape: tuple[int, ...], given: str | None, stored: s
     else:
         axes = "tczyx"
     if not axes.endswith("yx"):
+        # NGFF's order too: channels and the rest come before the image plane.
+        fix = "rewrite it with y and x last" if given is not None else \
+            "pass `axes` if they are stored wrongly, or rewrite it with y and x last"
         raise InputError(
-            f"input {url!r} has axes {axes!r}; the last two must be y and x (pass `axes`)"
+            f"input {url!r} has axes {axes!r}; the last two must be y and x ({fix})"
         )
     return axes
 
