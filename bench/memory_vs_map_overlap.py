@@ -1,0 +1,122 @@
+"""Peak memory of unet-tiles against a plain ``dask.array.map_overlap`` pipeline, one run.
+
+    python bench/memory_vs_map_overlap.py [--size 8192] [--depth 3] [--base-channels 16]
+
+Both segment the same generated SIZE x SIZE uint8 zarr image with the same seeded
+U-Net on a 2-worker, 1-thread-per-worker local cluster, zarr in, labels zarr out:
+
+* ``unet-tiles``: ``unet_tiles.segment`` with its defaults;
+* ``map_overlap``: ``da.from_zarr(...).map_overlap(model on each overlapped 1024 px
+  chunk, padded to a valid size, depth=halo, boundary="reflect").to_zarr(...)``,
+  the pipeline users write by hand (not seamless: dask's reflect is numpy's
+  symmetric, and chunks are not on the pooling grid; only its memory matters here).
+
+Each runs in a fresh process; the summed RSS of that process and all its children
+(driver, scheduler, nannies, workers) is sampled every 50 ms. Prints both peaks and
+their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import RssSamples, synthetic_input, workdir
+
+
+@functools.lru_cache(maxsize=1)
+def _model(model_dir: str) -> Any:
+    import torch
+
+    from unet_tiles.model.files import load_model
+
+    torch.set_num_threads(1)
+    return load_model(model_dir)
+
+
+def _predict_chunk(block: Any, model_dir: str, halo: int) -> Any:
+    import numpy as np
+    import torch
+
+    model = _model(model_dir)
+    n0, n1 = block.shape
+    pads = ((0, model.valid_size(n0) - n0), (0, model.valid_size(n1) - n1))
+    x = np.pad(block.astype(np.float32), pads, mode="reflect")
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(x)[None, None])[0]
+    labels = logits.argmax(0).numpy().astype(np.uint8)
+    out = np.zeros((n0, n1), np.uint8)  # map_overlap trims the halo afterwards
+    out[halo:halo + labels.shape[0], halo:halo + labels.shape[1]] = \
+        labels[: n0 - halo, : n1 - halo]
+    return out
+
+
+def run_map_overlap(src: str, out: str, model_dir: str) -> None:
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from unet_tiles.model.files import read_config
+    from unet_tiles.model.unet import UNet
+
+    halo = UNet(read_config(model_dir)).halo[0]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        image = da.from_zarr(src)
+        labels = image.map_overlap(_predict_chunk, depth=halo, boundary="reflect",
+                                   dtype="uint8", model_dir=model_dir, halo=halo)
+        labels.to_zarr(out, overwrite=True)
+
+
+def run_unet_tiles(src: str, out: str, model_dir: str) -> None:
+    from unet_tiles import segment
+
+    segment(src, out, model_dir, cluster="cpu", workers=2, threads_per_worker=1,
+            progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--mode", choices=("unet-tiles", "map_overlap"), default=None,
+                        help=argparse.SUPPRESS)  # one side, in its own process
+    parser.add_argument("--paths", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode is not None:
+        src, out, model = args.paths
+        (run_unet_tiles if args.mode == "unet-tiles" else run_map_overlap)(src, out, model)
+        return
+    from unet_tiles.model.files import save_model
+    from unet_tiles.model.unet import UNetConfig, build_unet
+
+    work = workdir("unet-tiles-memory-vs-")
+    model = str(save_model(build_unet(UNetConfig(depth=args.depth,
+                                                 base_channels=args.base_channels,
+                                                 input_scale=(1 / 255,)), seed=0),
+                           work / "model"))
+    src = synthetic_input(work, args.size)
+    peaks: dict[str, float] = {}
+    for mode in ("unet-tiles", "map_overlap"):
+        out = work / f"{mode}.zarr"
+        started = time.perf_counter()
+        with RssSamples() as rss:
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--mode", mode,
+                            "--paths", src, str(out), model], check=True)
+        peaks[mode] = rss.peak_bytes / 2**20
+        print(f"{mode:12s} peak RSS of all processes {peaks[mode]:6.0f} MiB "
+              f"({time.perf_counter() - started:.0f} s)", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"{args.size} x {args.size}, depth {args.depth}, {args.base_channels} base channels: "
+          f"unet-tiles / map_overlap peak = {peaks['unet-tiles'] / peaks['map_overlap']:.2f}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
