@@ -14,12 +14,16 @@ half-written one. So an image counts as arrived only when
 Each arrival is reported once per signature: a store re-acquired at the same
 path arrives again. Events come from watchdog: inotify and friends locally, or
 a polling observer for network filesystems (NFS, SMB) where those see nothing.
+A remote root (an fsspec URL such as ``s3://bucket/archive/``) has no events at
+all: ``PollingTracker`` lists its images every poll interval and applies rules 2
+and 3 to each (``watch`` picks it for such roots).
 
     event ──> mark(top folder) ──> quiet? ──> find images ──> complete? ──> stable? ──> arrived
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unet_tiles.archive.discover import ImageRef, find_images, is_ignored
+from unet_tiles.pipeline.source import is_remote
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -147,23 +152,93 @@ class ArrivalTracker:
 
     def _verdict(self, image: ImageRef, now: float) -> str:
         """``arrived``, ``waiting`` (incomplete or not yet stable) or ``unchanged``."""
-        state = self._look(image.url)
-        if not state.complete:
-            logger.debug("%s is not complete: %s", image.url, state.why)
-            self._candidates.pop(image.url, None)
-            return "waiting"
-        if self._reported.get(image.url) == state.signature:
-            self._candidates.pop(image.url, None)
-            return "unchanged"
-        seen = self._candidates.get(image.url)
-        if seen is None or seen.signature != state.signature:
-            self._candidates[image.url] = _Candidate(state.signature, now)
-            return "waiting"
-        if now - seen.since < self.quiet_s:
-            return "waiting"
-        del self._candidates[image.url]
-        self._reported[image.url] = state.signature
-        return "arrived"
+        return _verdict(self._look(image.url), image, now, self.quiet_s, self._candidates,
+                        self._reported)
+
+
+def _verdict(state: StoreState, image: ImageRef, now: float, quiet_s: float,
+             candidates: dict[str, _Candidate], reported: dict[str, str]) -> str:
+    """The arrival rule on one look: complete, and the same signature ``quiet_s`` apart."""
+    if not state.complete:
+        logger.debug("%s is not complete: %s", image.url, state.why)
+        candidates.pop(image.url, None)
+        return "waiting"
+    if reported.get(image.url) == state.signature:
+        candidates.pop(image.url, None)
+        return "unchanged"
+    seen = candidates.get(image.url)
+    if seen is None or seen.signature != state.signature:
+        candidates[image.url] = _Candidate(state.signature, now)
+        return "waiting"
+    if now - seen.since < quiet_s:
+        return "waiting"
+    del candidates[image.url]
+    reported[image.url] = state.signature
+    return "arrived"
+
+
+def _forget_listings(url: str) -> None:
+    """Drop every cached listing of ``url``'s filesystem class (its instances for
+    zarr and for us alike): a poll must see the store as it is now."""
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(url)
+    for instance in [fs, *list(getattr(type(fs), "_cache", {}).values())]:
+        with contextlib.suppress(Exception):
+            instance.invalidate_cache()
+
+
+class PollingTracker:
+    """Arrivals under a remote (fsspec URL) root, where no file events exist: each
+    ``poll`` lists the images under the root afresh and applies the same rule as
+    ``ArrivalTracker`` (complete, and the same content signature on two looks at
+    least ``quiet_s`` apart; reported once per signature)."""
+
+    def __init__(self, root: str, quiet_s: float = 5.0, exclude: Iterable[str] = (),
+                 clock: Callable[[], float] = time.monotonic,
+                 look: Callable[[str], StoreState] = look) -> None:
+        self.root = root.rstrip("/")
+        self.quiet_s = quiet_s
+        self._exclude = list(exclude)
+        self._clock = clock
+        self._look = look
+        self._candidates: dict[str, _Candidate] = {}
+        self._reported: dict[str, str] = {}
+
+    def _images(self) -> list[ImageRef]:
+        import fsspec
+
+        from unet_tiles.errors import InputError
+
+        _forget_listings(self.root)
+        try:
+            return find_images(self.root, exclude=self._exclude)
+        except InputError:
+            # An object store has no empty folders: a prefix nothing was written
+            # under yet is an empty root, not an error (its bucket was reachable).
+            fs, path = fsspec.core.url_to_fs(self.root)
+            if fs.exists(path):
+                raise
+            return []
+
+    def existing(self, *, as_arrivals: bool) -> list[ImageRef]:
+        """The images already there at start; unless ``as_arrivals``, the complete
+        ones are recorded as seen and never arrive unless they change."""
+        images = self._images()
+        if not as_arrivals:
+            for image in images:
+                state = self._look(image.url)
+                if state.complete:
+                    self._reported[image.url] = state.signature
+        return images
+
+    def poll(self) -> list[ImageRef]:
+        """Images that arrived since the last poll (each once per content)."""
+        now = self._clock()
+        images = self._images()
+        return [image for image in images
+                if _verdict(self._look(image.url), image, now, self.quiet_s,
+                            self._candidates, self._reported) == "arrived"]
 
 
 def _relative(top: Path, inner: str, root: Path) -> str:
@@ -185,11 +260,16 @@ def watch(root: str, on_arrival: Callable[[ImageRef], None], *, quiet_s: float =
         include_existing: treat the images already there at start as arrivals.
         on_ready: called once the observer runs (tests wait for it).
     """
+    stop = stop or threading.Event()
+    if is_remote(root):
+        _watch_remote(root, on_arrival, quiet_s=quiet_s, poll_interval_s=poll_interval_s,
+                      exclude=exclude, include_existing=include_existing, stop=stop,
+                      on_ready=on_ready)
+        return
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
 
-    stop = stop or threading.Event()
     tracker = ArrivalTracker(root, quiet_s, exclude)
 
     class Handler(FileSystemEventHandler):
@@ -218,4 +298,28 @@ def watch(root: str, on_arrival: Callable[[ImageRef], None], *, quiet_s: float =
         observer.join(timeout=10)
 
 
-__all__ = ["ArrivalTracker", "StoreState", "look", "watch"]
+def _watch_remote(root: str, on_arrival: Callable[[ImageRef], None], *, quiet_s: float,
+                  poll_interval_s: float | None, exclude: Iterable[str],
+                  include_existing: bool, stop: threading.Event,
+                  on_ready: Callable[[], None] | None) -> None:
+    """``watch`` for an fsspec root: list it every ``poll_interval_s`` (by default a
+    quarter of ``quiet_s``, 1 to 30 s); a failed listing is logged and retried."""
+    from unet_tiles.errors import UnetTilesError
+
+    tracker = PollingTracker(root, quiet_s, exclude)
+    existing = tracker.existing(as_arrivals=include_existing)
+    logger.info("polling %s (%d image(s) already there)", tracker.root, len(existing))
+    if on_ready is not None:
+        on_ready()
+    tick = poll_interval_s or min(30.0, max(1.0, quiet_s / 4))
+    while not stop.wait(tick):
+        try:
+            arrived = tracker.poll()
+        except (UnetTilesError, OSError) as exc:
+            logger.warning("cannot list %s (%s); trying again in %.0f s", root, exc, tick)
+            continue
+        for image in arrived:
+            on_arrival(image)
+
+
+__all__ = ["ArrivalTracker", "PollingTracker", "StoreState", "look", "watch"]

@@ -130,6 +130,9 @@ def _local_children(folder: Path) -> list[str]:
 def _find_fsspec(root: str, exclude: Iterable[str]) -> list[ImageRef]:
     import fsspec
 
+    from unet_tiles.pipeline.source import check_remote
+
+    check_remote(root, "archive root")  # unreachable, refused, no bucket: one line
     fs, top = fsspec.core.url_to_fs(root)
     protocol = root.split("://", 1)[0]
     if not fs.isdir(top):

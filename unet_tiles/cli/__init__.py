@@ -25,7 +25,8 @@ from unet_tiles.errors import RunFailedError, UnetTilesError, spell_parameters
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-COMMANDS = ("init_model", "segment", "train", "demo", "archive", "watch", "bench", "inspect")
+COMMANDS = ("init_model", "segment", "train", "demo", "archive", "watch", "bench", "inspect",
+            "verify")
 
 
 class _Parser(argparse.ArgumentParser):

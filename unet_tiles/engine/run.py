@@ -43,6 +43,7 @@ from unet_tiles.pipeline.plan import (
 from unet_tiles.pipeline.provenance import Decision, Provenance
 from unet_tiles.pipeline.repair import repaired_input_resumes
 from unet_tiles.pipeline.source import ImageSource, fingerprint, is_remote, open_source
+from unet_tiles.pipeline.verify import damaged_done_blocks, forget_blocks
 from unet_tiles.pipeline.writer import OutputSpec
 
 if TYPE_CHECKING:
@@ -184,6 +185,15 @@ class Run:
             if decision.cause == "input":
                 writer.write_record(url, self.record)  # the repaired input's fingerprint
             writer.remove_partial_files(url)
+            # A done block whose chunks fail their check is redone (pipeline/verify.py).
+            damaged = damaged_done_blocks(url, self.plan)
+            if damaged:
+                logger.warning("redoing %d damaged block(s) of %s: %s", len(damaged), url,
+                               ", ".join(f"level {b.level} block {b.index}" for b in damaged))
+                forget_blocks(url, damaged)
+                stored = writer.read_record(url)
+                if stored is not None and stored.complete:
+                    writer.write_record(url, stored.with_status("running"))
             return decision
         if decision.action in ("redo", "refuse"):
             if not self.request.overwrite:
@@ -419,6 +429,10 @@ def _check_paths(input_url: str, output_url: str) -> None:
     if is_remote(input_url) or is_remote(output_url):
         if input_url.rstrip("/") == output_url.rstrip("/"):
             raise OutputConflictError("output is the input; choose another output path")
+        from unet_tiles.pipeline.source import check_remote
+
+        # An unreachable endpoint, refused credentials or a missing bucket: one line.
+        check_remote(output_url, "output", OutputConflictError)
         return
     src = Path(input_url).resolve()
     dst = Path(output_url).resolve()

@@ -100,6 +100,70 @@ def _store_path(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
+# Object stores whose first path part is a bucket (s3fs, gcsfs, adlfs).
+_BUCKETED = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
+def endpoint_of(fs: Any) -> str:
+    """Where a filesystem's requests go, for messages (never its credentials)."""
+    kwargs = getattr(fs, "client_kwargs", None) or {}
+    endpoint = kwargs.get("endpoint_url") or getattr(fs, "endpoint_url", None) \
+        or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return "the provider's default endpoint"
+    # An endpoint written as http://user:pass@host keeps its userinfo out of messages.
+    scheme, _, rest = str(endpoint).partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}" if rest else str(endpoint)
+
+
+def check_remote(url: str, role: str, error: type[Exception] = InputError) -> None:
+    """Reach the bucket of a remote ``url`` once, so an unreachable endpoint, refused
+    credentials or a missing bucket is one clear line (``error``) before zarr or a
+    lease touches it. Credentials come from the environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_PROFILE, ...) as in every S3 tool,
+    and never appear in the message. A no-op for local paths."""
+    if not is_remote(url):
+        return
+    import fsspec
+
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        hint = " (pip install 'unet-tiles[s3]')" if protocol in ("s3", "s3a") else ""
+        raise error(f"{role} {url!r}: cannot open {protocol}:// URLs ({exc}){hint}") from None
+    bucket = path.split("/", 1)[0]
+    if protocol not in _BUCKETED or not bucket:
+        return
+    endpoint = endpoint_of(fs)
+    try:
+        if hasattr(fs, "call_s3"):
+            fs.call_s3("head_bucket", Bucket=bucket)
+        else:
+            fs.ls(bucket, detail=False)
+    except PermissionError as exc:
+        raise error(
+            f"{role} {url!r}: access to bucket {bucket!r} at {endpoint} was refused ({exc}); "
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+        ) from None
+    except FileNotFoundError:
+        raise error(
+            f"{role} {url!r}: bucket {bucket!r} does not exist at {endpoint}; check the URL"
+        ) from None
+    except Exception as exc:
+        name = type(exc).__name__
+        if "Credential" in name:
+            raise error(
+                f"{role} {url!r}: no credentials for {endpoint} ({exc}); set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
+        detail = " ".join(str(exc).split()) or name
+        raise error(
+            f"{role} {url!r}: cannot reach the object store at {endpoint} ({detail}); "
+            "check AWS_ENDPOINT_URL and the network"
+        ) from None
+
+
 def _looks_like_zarr(path: Path) -> bool:
     return any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
 
@@ -134,6 +198,8 @@ def open_source(url: str, axes: str | None = None, in_channels: int | None = Non
                 f"input {url!r} is not a zarr store (no zarr.json, .zarray or .zgroup); "
                 "give the path of a zarr array or OME-Zarr image"
             )
+    else:
+        check_remote(url, "input")
     try:
         node = zarr.open(store=_store_path(url), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
@@ -345,6 +411,8 @@ def fingerprint(source: ImageSource) -> str:
     digest = hashlib.sha256(json.dumps(source.to_dict(), sort_keys=True).encode())
     location = _store_path(source.location)
     fs, root = fsspec.core.url_to_fs(location)
+    # Object stores' listings are cached per filesystem instance: look afresh.
+    fs.invalidate_cache()
     entries = fs.find(root, detail=True)
     for name in sorted(entries):
         info = entries[name]
