@@ -1,18 +1,22 @@
 """Soak: the archive flow over many small images while workers are SIGKILLed.
 
-    python bench/soak.py [--images 24] [--kill-every 3] [--workers 2] [--work DIR]
+    python bench/soak.py [--images 24] [--kill-every 3] [--workers 2] [--passes 1] [--work DIR]
 
 Starts its own ``dask scheduler`` + ``dask worker`` processes on 127.0.0.1,
-runs ``flows.archive.segment_archive`` over ``--images`` small random images
-while a thread SIGKILLs a random worker process every ``--kill-every`` seconds
-(the nanny restarts it), reruns the flow (as a nightly schedule would) until
-every image is done, then segments every image again without kills and
+runs ``flows.archive.segment_archive`` once (``--passes``: more reruns, as a
+nightly schedule would, only while images are left) over ``--images`` small
+random images while a thread SIGKILLs a random worker process every
+``--kill-every`` seconds (the nanny restarts it). After the pass(es) it counts
+the blocks not done in each output's ``done`` array (failed blocks) and the
+outputs not ``complete``, then segments every image again without kills and
 compares every file of every output store byte for byte. Prints::
 
-    24 images, 11 kills, 0 mismatches
+    24 images, 11 kills, 0 failed blocks, 0 incomplete images, 0 mismatches in 1 pass
 
-and exits 1 on any mismatch. Without Prefect installed it runs
-``unet_tiles.engine.run`` per image on the same cluster instead of the flow.
+and exits 1 on any failed block, incomplete image or mismatch. The failed
+images' reasons (the flow's outcome rows) go to stderr. Without Prefect
+installed it runs ``unet_tiles.engine.run`` per image on the same cluster instead
+of the flow.
 """
 
 from __future__ import annotations
@@ -88,22 +92,46 @@ class Killer(threading.Thread):
 
 
 def run_archive(root: Path, out_root: Path, model: str, address: str, images: list[Path],
-                block: int) -> None:
+                block: int) -> dict[str, str]:
+    """One pass; the reason of each image that failed, by image name."""
     try:
         from unet_tiles.flows.archive import segment_archive
     except ImportError:
-        segment_archive = None
+        segment_archive = None  # type: ignore[assignment]
+    failed: dict[str, str] = {}
     if segment_archive is not None:
-        with contextlib.suppress(Exception):  # failed images: the next pass redoes them
+        from unet_tiles.errors import ArchiveFailedError
+
+        try:
             segment_archive(str(root), str(out_root), model, block_size=block, cluster=address,
                             max_concurrent=2)
-        return
+        except ArchiveFailedError as exc:  # the outcome rows name each failed image
+            failed.update({o.relative or o.image: o.reason for o in exc.outcomes  # type: ignore[attr-defined]
+                           if o.status == "failed"})  # type: ignore[attr-defined]
+        except Exception as exc:  # the flow itself failed: every image counts below
+            failed["(flow)"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return failed
     from unet_tiles.engine.run import SegmentRequest, segment
 
     for image in images:
-        with contextlib.suppress(Exception):
+        try:
             segment(SegmentRequest(str(image), str(out_root / image.name), model,
                                    block_size=block), cluster=address, progress=False)
+        except Exception as exc:
+            failed[image.name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return failed
+
+
+def blocks_not_done(image: Path, out: Path, model: str, block: int) -> int:
+    """Blocks of ``image``'s plan without a done-marker in ``out`` (all, if no output)."""
+    from unet_tiles.engine.run import SegmentRequest, validate
+    from unet_tiles.pipeline.writer import done_blocks
+
+    total = len(validate(SegmentRequest(str(image), str(out), model, block_size=block)).plan)
+    try:
+        return total - int(done_blocks(str(out)).sum())
+    except Exception:  # no output, or no done array yet
+        return total
 
 
 def is_complete(out: Path) -> bool:
@@ -125,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=64)
-    parser.add_argument("--passes", type=int, default=5, help="flow reruns at most")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="flow runs at most (more only while images are left)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="working folder (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -144,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  base_channels=4), seed=0), work / "model"))
     images = make_images(root, args.images, args.seed)
     address, procs = start_cluster(work, args.workers)
+    reasons: dict[str, str] = {}
     try:
         client = Client(address, timeout="60s")
         client.wait_for_workers(args.workers, timeout=120)
@@ -153,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         passes = 0
         while passes < args.passes and not all(is_complete(out_root / i.name) for i in images):
             passes += 1
-            run_archive(root, out_root, model, address, images, args.block_size)
+            reasons = run_archive(root, out_root, model, address, images, args.block_size)
         killer.stop.set()
         killer.join()
         seconds = time.monotonic() - started
+        failed_blocks = sum(blocks_not_done(i, out_root / i.name, model, args.block_size)
+                            for i in images)
+        incomplete = [i.name for i in images if not is_complete(out_root / i.name)]
         client.wait_for_workers(args.workers, timeout=120)
         mismatches = []
         for image in images:
@@ -172,11 +205,17 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    print(f"{len(images)} images, {killer.kills} kills, {len(mismatches)} mismatches"
-          f" ({passes} pass(es), {seconds:.0f} s under kills; work in {work})")
+    print(f"{len(images)} images, {killer.kills} kills, {failed_blocks} failed blocks,"
+          f" {len(incomplete)} incomplete images, {len(mismatches)} mismatches"
+          f" in {passes} pass{'es' if passes != 1 else ''}"
+          f" ({seconds:.0f} s under kills; work in {work})")
+    for name, reason in reasons.items():
+        print(f"failed {name}: {reason}", file=sys.stderr)
+    if incomplete:
+        print("incomplete: " + ", ".join(incomplete), file=sys.stderr)
     if mismatches:
         print("mismatched: " + ", ".join(mismatches), file=sys.stderr)
-    return 1 if mismatches else 0
+    return 1 if failed_blocks or incomplete or mismatches else 0
 
 
 if __name__ == "__main__":

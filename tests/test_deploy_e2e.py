@@ -8,7 +8,10 @@ worker) serves three scenarios, in order:
 2. the watcher sees a store copied in chunk by chunk: exactly one on-arrival
    run, started only after the copy completed, and its output;
 3. an archive holding a corrupt image: the other finishes, the run is Failed
-   and names the bad one.
+   and names the bad one;
+4. the nightly deployment's CANCEL_NEW limit: a second run while one is Running
+   is Cancelled; the first is cancelled mid-way, and the next night's run skips
+   the images the first finished and does the rest.
 """
 
 from __future__ import annotations
@@ -77,11 +80,39 @@ class Deployed:
                                 cwd=REPO, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
-    def run(self, name: str, **parameters: Any) -> Any:
+    def run(self, name: str, timeout: float = RUN_TIMEOUT_S, **parameters: Any) -> Any:
         from prefect.deployments import run_deployment
 
         with using(self.server):
-            return run_deployment(name, parameters=parameters, timeout=RUN_TIMEOUT_S)
+            return run_deployment(name, parameters=parameters, timeout=timeout)
+
+    def wait_for(self, flow_run_id: Any, done: Any, timeout_s: float = RUN_TIMEOUT_S) -> Any:
+        """Poll the flow run until ``done(state)``; the flow run."""
+        from prefect.client.orchestration import get_client
+
+        deadline = time.monotonic() + timeout_s
+        with using(self.server), get_client(sync_client=True) as client:
+            while True:
+                flow_run = client.read_flow_run(flow_run_id)
+                if flow_run.state is not None and done(flow_run.state):
+                    return flow_run
+                assert time.monotonic() < deadline, f"{flow_run.name}: {flow_run.state}"
+                time.sleep(0.5)
+
+    def state_types(self, flow_run_id: Any) -> list[str]:
+        """The flow run's state history, oldest first: ["SCHEDULED", "PENDING", ...]."""
+        from prefect.client.orchestration import get_client
+
+        with using(self.server), get_client(sync_client=True) as client:
+            return [str(s.type.value) for s in client.read_flow_run_states(flow_run_id)]
+
+    def cancel(self, flow_run_id: Any) -> None:
+        """What ``prefect flow-run cancel`` does: propose Cancelling."""
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        with using(self.server), get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Cancelling(message="stopped by the test"))
 
     def flow_runs(self, deployment: str) -> list[Any]:
         from prefect.client.orchestration import get_client
@@ -240,3 +271,43 @@ def test_corrupt_image_fails_alone_and_is_named(deployed: Deployed) -> None:
     assert "good.zarr" not in flow_run.state.message
     assert _complete(out / "good.zarr")
     assert d.outcome_table(flow_run.id) == {"bad.zarr": "failed", "good.zarr": "done"}
+
+
+def test_second_nightly_run_is_cancelled_and_the_next_night_picks_up(
+        deployed: Deployed) -> None:
+    d = deployed
+    root, out = d.root / "nights", d.root / "nights-out"
+    names = [f"n{i:02d}.zarr" for i in range(10)]
+    for i, name in enumerate(names):
+        write_image(root / name, 10 + i)
+    # 8 px blocks: 80 per image, a few seconds each on the one dask worker; the
+    # cancel below takes effect a few images later (4 of 6 here), 10 leave room.
+    params = {"root": str(root), "output_root": str(out), "block_size": 8}
+
+    first = d.run("segment-archive/nightly", timeout=0, **params)
+    d.wait_for(first.id, lambda s: s.is_running() or s.is_final(), timeout_s=60)
+    second = d.run("segment-archive/nightly", timeout=0, **params)
+    second = d.wait_for(second.id, lambda s: s.is_final(), timeout_s=60)
+    # prefect 3.8.8 rejects the second run's Pending with Cancelled: it never starts.
+    assert second.state.is_cancelled(), second.state
+    assert second.state.message == "Deployment concurrency limit reached."
+    assert "RUNNING" not in d.state_types(second.id)
+    running = d.wait_for(first.id, lambda s: True)
+    assert running.state.is_running(), f"the first run ended too soon: {running.state}"
+
+    # Stop the first night once it has finished an image, long before the last.
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not any(_complete(out / n) for n in names):
+        assert time.monotonic() < deadline, "no image finished"
+        time.sleep(0.5)
+    d.cancel(first.id)
+    first = d.wait_for(first.id, lambda s: s.is_final(), timeout_s=60)
+    assert first.state.is_cancelled(), first.state
+    finished = {n for n in names if _complete(out / n)}
+    assert 0 < len(finished) < len(names), finished
+
+    third = d.run("segment-archive/nightly", **params)
+    assert third.state.is_completed(), third.state.message
+    assert d.outcome_table(third.id) == {
+        n: "skipped" if n in finished else "done" for n in names}
+    assert all(_complete(out / n) for n in names)
