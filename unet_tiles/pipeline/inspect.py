@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from unet_tiles.errors import InputError, OutputConflictError
+from unet_tiles.pipeline.ome import ngff_attrs
 from unet_tiles.pipeline.provenance import ATTRS_KEY, Provenance
 from unet_tiles.pipeline.source import is_remote
-from unet_tiles.pipeline.writer import DONE
+from unet_tiles.pipeline.writer import DONE, PYRAMID
 
-PYRAMID = "pyramid"
 LABELS = "labels"
 
 
@@ -200,10 +200,10 @@ def _natural(names: Any) -> list[str]:
 
 def _ome(attrs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The attributes that hold OME metadata, and the version 0.5 declares there."""
-    ome = attrs.get("ome")
-    if isinstance(ome, dict):
-        return ome, str(ome.get("version", "0.5"))
-    return attrs, None
+    holder = ngff_attrs(attrs)
+    if holder is attrs:
+        return attrs, None
+    return dict(holder), str(holder.get("version", "0.5"))
 
 
 def _multiscales(attrs: dict[str, Any]) -> tuple[Any, str | None]:

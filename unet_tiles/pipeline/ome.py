@@ -176,6 +176,25 @@ class Plate:
     name: str | None = None
 
 
+# --- where the metadata lives, leniently -------------------------------------------------
+
+
+def ngff_attrs(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Where a group's NGFF metadata lives: under ``ome`` (0.5), else the attributes
+    themselves (0.4). Unchecked: for readers that report rather than refuse."""
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, dict) else attrs
+
+
+def level_paths(attrs: Mapping[str, Any]) -> list[str]:
+    """The dataset paths of a group's first multiscales; [] where there is none."""
+    multiscales: Any = ngff_attrs(attrs).get("multiscales") or attrs.get("multiscales")
+    try:
+        return [str(d["path"]) for d in multiscales[0]["datasets"]]
+    except (KeyError, IndexError, TypeError):
+        return []
+
+
 # --- which kind of OME group ----------------------------------------------------------
 
 
@@ -522,5 +541,5 @@ def plate_fields(url: str) -> list[str]:
 
 
 __all__ = ["Multiscale", "MultiscaleLevel", "Plate", "field_paths", "length_in_um",
-           "ome_kind", "parse_multiscales", "parse_plate", "parse_well", "plate_fields",
-           "well_fields"]
+           "level_paths", "ngff_attrs", "ome_kind", "parse_multiscales", "parse_plate",
+           "parse_well", "plate_fields", "well_fields"]

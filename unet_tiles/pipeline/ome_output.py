@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from unet_tiles.errors import InputError
+from unet_tiles.pipeline.ome import ngff_attrs
 
 if TYPE_CHECKING:
     from unet_tiles.pipeline.ome import Multiscale
@@ -206,8 +207,7 @@ def labels_group_attrs(version: str, names: list[str]) -> dict[str, Any]:
 
 def listed_labels(attrs: dict[str, Any]) -> list[str]:
     """The label names a ``labels`` group's attributes list (either version)."""
-    ome = attrs.get("ome")
-    names = ome.get("labels") if isinstance(ome, dict) else attrs.get("labels")
+    names = ngff_attrs(attrs).get("labels")
     return [str(n) for n in names] if isinstance(names, list) else []
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet_tiles.pipeline.geometry import Box
+from unet_tiles.pipeline.ome import level_paths
 from unet_tiles.pipeline.ome_output import PALETTE
 
 if TYPE_CHECKING:
@@ -221,13 +222,7 @@ def _level_paths(source: ImageSource, attrs: dict[str, Any]) -> list[str]:
     multiscale = getattr(source, "multiscale", None)
     if multiscale is not None:
         return list(multiscale.paths)
-    ome = attrs.get("ome")
-    multiscales = (ome.get("multiscales") if isinstance(ome, dict) else None) or \
-        attrs.get("multiscales")
-    try:
-        return [str(d["path"]) for d in multiscales[0]["datasets"]]  # type: ignore[index]
-    except (KeyError, IndexError, TypeError):
-        return []
+    return level_paths(attrs)
 
 
 def _stretch(image: np.ndarray) -> tuple[float, float]:

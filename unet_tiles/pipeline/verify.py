@@ -34,6 +34,7 @@ from itertools import product
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles.errors import InputError
+from unet_tiles.pipeline.ome import level_paths
 from unet_tiles.pipeline.provenance import ATTRS_KEY, Provenance
 from unet_tiles.pipeline.writer import DONE, PROBABILITIES, PYRAMID
 
@@ -194,7 +195,7 @@ class _Scan:
         if PROBABILITIES in set(self.group.group_keys()):
             holders.append((self.group[PROBABILITIES], f"{PROBABILITIES}/"))
         for holder, _prefix in holders:
-            for level, path in enumerate(_level_paths(dict(holder.attrs))):
+            for level, path in enumerate(level_paths(dict(holder.attrs))):
                 if path in set(holder.array_keys()):
                     found.append((holder[path], level))
         return found
@@ -294,15 +295,6 @@ class _Scan:
 
 
 # -- helpers ----------------------------------------------------------------------
-
-
-def _level_paths(attrs: dict[str, Any]) -> list[str]:
-    """The dataset paths of an NGFF group's first multiscales (0.5: under "ome")."""
-    holder: Any = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
-    try:
-        return [str(d["path"]) for d in holder["multiscales"][0]["datasets"]]
-    except (KeyError, IndexError, TypeError):
-        return []
 
 
 def _class_axis(array: zarr.Array[Any], group: zarr.Group) -> int | None:
