@@ -219,7 +219,7 @@ def _matching_level(source: ImageSource, level_shape: tuple[int, ...]) -> Any | 
 def _level_paths(source: ImageSource, attrs: dict[str, Any]) -> list[str]:
     """The input's multiscales level paths: checked ones from ``source``, else the
     group's attributes (0.4 ``multiscales``, 0.5 ``ome.multiscales``)."""
-    multiscale = getattr(source, "multiscale", None)
+    multiscale = source.multiscale
     if multiscale is not None:
         return list(multiscale.paths)
     return level_paths(attrs)
