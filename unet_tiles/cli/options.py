@@ -20,7 +20,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # SegmentRequest fields set by add_request_options (model_dir by add_model).
 REQUEST_FIELDS = ("model_dir", "output_kind", "dtype", "block_size", "tile_size", "batch_size",
                   "axes", "device", "allow_missing_chunks", "output_format", "into_source",
-                  "label_name", "level", "shard", "configuration")
+                  "label_name", "level", "shard", "instance_class", "connectivity",
+                  "min_size", "consecutive", "objects_csv", "configuration")
 
 
 def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -32,8 +33,10 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
     """What to compute and how: the ``SegmentRequest`` fields other than paths."""
     add_model(p)
     group = p.add_argument_group("segmentation")
-    group.add_argument("--output", dest="output_kind", default="labels", choices=OUTPUT_KINDS,
-                       help="what to write (default labels)")
+    group.add_argument("--output", dest="output_kind", default="labels", metavar="KIND",
+                       help="what to write: labels (default), probabilities, both, "
+                       "instances, or several joined by commas, e.g. labels,instances "
+                       f"({', '.join(OUTPUT_KINDS)})")
     group.add_argument("--dtype", default="float16", choices=PROBABILITY_DTYPES,
                        help="dtype of probabilities (default float16)")
     group.add_argument("--block-size", type=int, default=None, metavar="N",
@@ -59,6 +62,19 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
                        "(the image arrays are never touched)")
     group.add_argument("--label-name", default="unet-tiles", metavar="NAME",
                        help="name of the label image with --into-source (default unet-tiles)")
+    objects = p.add_argument_group("instances (--output instances)")
+    objects.add_argument("--instance-class", default=None, metavar="CLASSES",
+                         help="class names or indices whose connected components are "
+                         "objects, comma-separated (default: every class but background)")
+    objects.add_argument("--connectivity", default="1", choices=("1", "full"),
+                         help="neighbours that connect: 1, faces only (default, as "
+                         "scipy.ndimage.label), or full (diagonals too)")
+    objects.add_argument("--min-size", type=int, default=0, metavar="PX",
+                         help="drop objects of fewer pixels (voxels); default 0: keep all")
+    objects.add_argument("--no-consecutive", dest="consecutive", action="store_false",
+                         help="keep the sparse uint64 ids instead of renumbering them 1..N")
+    objects.add_argument("--objects-csv", action="store_true",
+                         help="also write the object table as OUTPUT/objects.csv")
     group.add_argument("--allow-missing-chunks", action="store_true",
                        help="read missing input chunks as the fill value (for stores written "
                        "without empty chunks); by default a missing chunk fails its block")

@@ -133,5 +133,7 @@ def format_summary(summary: RunSummary, output: str) -> str:
     return (
         f"segmented {summary.pixels / 1e6:.2f} Mpx in {summary.blocks_done} blocks "
         f"({summary.blocks_skipped} already done) in {summary.seconds:.1f} s = "
-        f"{summary.megapixels_per_s:.2f} Mpx/s -> {output}"
+        f"{summary.megapixels_per_s:.2f} Mpx/s"
+        + ("" if summary.objects is None else f", {summary.objects} objects")
+        + f" -> {output}"
     )

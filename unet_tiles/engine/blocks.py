@@ -43,6 +43,8 @@ class BlockJob:
     amp: bool = True
     run_id: str = ""
     allow_missing_chunks: bool = False
+    # With instances: the plan, whose grid numbers every block's ids (pipeline/instances.py).
+    plan: BlockPlan | None = None
 
 
 @dataclass
@@ -55,6 +57,9 @@ class RunSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     # The OME layout's pyramid levels, built after the blocks (engine/pyramid.py).
     pyramid_seconds: float = 0.0
+    # With instances: the object count and the passes after the blocks' (engine/instances.py).
+    objects: int | None = None
+    instances_seconds: float = 0.0
 
     @property
     def megapixels_per_s(self) -> float:
@@ -70,6 +75,9 @@ class RunSummary:
             "pyramid_seconds": round(self.pyramid_seconds, 3),
             "megapixels_per_s": round(self.megapixels_per_s, 3),
             "failures": self.failures,
+            **({} if self.objects is None else {
+                "objects": self.objects,
+                "instances_seconds": round(self.instances_seconds, 3)}),
         }
 
 
@@ -89,16 +97,25 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         lambda: read_window(_open_input(job.source, job.run_id), job.source, block,
                             job.allow_missing_chunks),
         f"reading {name}", job.source.location)
+    spec = job.output
     result = predict_block(
         model, window, block,
-        want_labels=job.output.want_labels,
-        want_probabilities=job.output.want_probabilities,
-        probability_dtype=job.output.probability_dtype,
+        # Instances are made from the classes and weighed by their probabilities.
+        want_labels=spec.want_labels or spec.want_instances,
+        want_probabilities=spec.want_probabilities or spec.want_instances,
+        probability_dtype=spec.probability_dtype,
         batch_size=job.batch_size, device=device, amp=job.amp,
     )
+    instances = None
+    if spec.want_instances:
+        from unet_tiles.engine.instances import label_result
+
+        if job.plan is None or result.labels is None or result.probabilities is None:
+            raise RuntimeError("instances need the job's plan, labels and probabilities")
+        instances = label_result(spec, job.plan, block, result.labels, result.probabilities)
     with_retries(
-        lambda: write_block(_open_output(job.output, job.run_id), block, result),
-        f"writing {name}", job.output.url)
+        lambda: write_block(_open_output(spec, job.run_id), block, result, instances),
+        f"writing {name}", spec.url)
     return {"block": block.index, "pixels": block.write.size,
             "seconds": time.perf_counter() - started}
 

@@ -26,24 +26,21 @@ def process_level_block(spec: OutputSpec, level: int, index: tuple[int, ...], bo
     """Level ``level``'s block ``box`` from level ``level - 1``; its pixels."""
     from unet_tiles.pipeline.geometry import Box
     from unet_tiles.pipeline.pyramid import downsample_block
-    from unet_tiles.pipeline.writer import mark_done, open_level, open_output
+    from unet_tiles.pipeline.writer import mark_done, open_output
 
     def write() -> None:
-        if level == 1:
-            base = open_output(spec)
-            below = (base.labels, base.probabilities)
-        else:
-            labels_below, probabilities_below, _ = open_level(spec, level - 1)
-            below = (labels_below, probabilities_below)
-        labels, probabilities, done = open_level(spec, level)
-        if labels is not None and below[0] is not None:
-            downsample_block(below[0], labels, box)
-        if probabilities is not None and below[1] is not None:
+        below = open_output(spec, level - 1)
+        this = open_output(spec, level)
+        for source, target in ((below.labels, this.labels),
+                               (below.instances, this.instances)):
+            if source is not None and target is not None:
+                downsample_block(source, target, box)
+        if this.probabilities is not None and below.probabilities is not None:
             at = spec.ome.channel_index if spec.ome is not None else 0
             with_c = box.leading(box.ndim - at).concat(
                 Box((0,), (spec.classes,))).concat(box.spatial(box.ndim - at))
-            downsample_block(below[1], probabilities, with_c)
-        mark_done(done, index)
+            downsample_block(below.probabilities, this.probabilities, with_c)
+        mark_done(this.done, index)
 
     with_retries(write, f"writing pyramid level {level} block {index}", spec.url)
     return box.size

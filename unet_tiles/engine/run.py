@@ -33,6 +33,7 @@ from unet_tiles.engine.lock import RunLock
 from unet_tiles.engine.pyramid import build_pyramid
 from unet_tiles.errors import InputError, OutputConflictError, UsageError
 from unet_tiles.pipeline import writer
+from unet_tiles.pipeline.instances import InstanceSpec, parse_classes
 from unet_tiles.pipeline.plan import (
     block_shape,
     check_block_size,
@@ -58,7 +59,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_KINDS = ("labels", "probabilities", "both")
+# --output: one of these or several joined by commas (labels,instances); both =
+# labels,probabilities.
+OUTPUTS = ("labels", "probabilities", "instances")
+OUTPUT_KINDS = ("labels", "probabilities", "both", "instances", "labels,instances",
+                "probabilities,instances", "labels,probabilities,instances")
 # auto: the OME layout for an OME-Zarr input, the plain one otherwise (writer.py).
 OUTPUT_FORMATS = ("auto", "plain", "ome")
 PROBABILITY_DTYPES = ("float16", "float32")
@@ -97,9 +102,23 @@ class SegmentRequest:
     # provenance, never compared (cli/config.py).
     configuration: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
+    # --output instances (pipeline/instances.py): the classes whose connected
+    # components are objects (names or indices; None: every class but background),
+    # "1" (faces) or "full" neighbours, the smallest object kept, ids 1..N.
+    instance_class: str | None = None
+    connectivity: str = "1"
+    min_size: int = 0
+    consecutive: bool = True
+    # The object table also as OUTPUT/objects.csv.
+    objects_csv: bool = False
+
     def __post_init__(self) -> None:
-        if self.output_kind not in OUTPUT_KINDS:
-            raise UsageError(f"`output_kind` {self.output_kind!r} must be one of {OUTPUT_KINDS}")
+        object.__setattr__(self, "output_kind", canonical_output(self.output_kind))
+        if self.min_size < 0:
+            raise UsageError(f"`min_size` must be 0 or more pixels, got {self.min_size}")
+        if self.connectivity not in ("1", "full"):
+            raise UsageError(f"`connectivity` {self.connectivity!r} must be 1 (faces) or "
+                             "full (every neighbour)")
         if self.dtype not in PROBABILITY_DTYPES:
             raise UsageError(f"`dtype` {self.dtype!r} must be one of {PROBABILITY_DTYPES}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -121,6 +140,26 @@ class SegmentRequest:
                 raise UsageError(f"with `into_source` the output is {inside!r}; give no "
                                  "other output")
             object.__setattr__(self, "output", inside)
+
+
+def canonical_output(kind: str) -> str:
+    """``--output`` as recorded: ``labels``, ``probabilities``, ``both``, or the asked
+    names in ``OUTPUTS`` order joined by commas."""
+    names = {w.strip() for w in kind.replace("+", ",").split(",") if w.strip()}
+    if "both" in names:
+        names = (names - {"both"}) | {"labels", "probabilities"}
+    unknown = sorted(names - set(OUTPUTS))
+    if unknown or not names:
+        raise UsageError(f"`output_kind` {kind!r} must name one or more of {OUTPUTS} "
+                         "(comma-separated) or both")
+    if names == {"labels", "probabilities"}:
+        return "both"
+    return ",".join(n for n in OUTPUTS if n in names)
+
+
+def output_names(kind: str) -> set[str]:
+    names = set(canonical_output(kind).split(","))
+    return (names - {"both"}) | ({"labels", "probabilities"} if "both" in names else set())
 
 
 def into_source_output(input_url: str, label_name: str) -> str:
@@ -182,6 +221,8 @@ class Run:
         decision = self.decide()
         url = self.output
         if decision.action in ("skip", "resume"):
+            if decision.action == "skip" and self.job.output.want_instances:
+                writer.remove_work(url)  # left by a run killed after it completed
             if decision.cause == "input":
                 writer.write_record(url, self.record)  # the repaired input's fingerprint
             writer.remove_partial_files(url)
@@ -228,15 +269,24 @@ class Run:
                 client.run(warm_worker, job)
             summary = run_plan(client, self.plan, job, skip=skip, progress=progress,
                                resources=resources, on_block=on_block, **kwargs)
+        if job.output.want_instances:
+            from unet_tiles.engine.instances import make_instances
+
+            started = time.perf_counter()
+            summary.objects = make_instances(client, job.output, self.plan)
+            summary.instances_seconds = time.perf_counter() - started
+        # After the instances: their pyramid samples the final ids.
         started = time.perf_counter()
         build_pyramid(client, job.output, self.plan)
         summary.pyramid_seconds = time.perf_counter() - started
         return summary
 
     def finalize(self) -> None:
-        """Mark the output complete."""
+        """Mark the output complete; then drop the instance passes' working state."""
         self._check_locked("finalize")
         writer.finalize(self.output)
+        if self.job.output.want_instances:
+            writer.remove_work(self.output)
 
     def segment(self, client: Client | None = None, info: ClusterInfo | None = None, *,
                 progress: bool | None = None,
@@ -304,18 +354,26 @@ def validate(request: SegmentRequest) -> Run:
     if shards is not None and layout is not None and layout.zarr_format == 2:
         raise UsageError("`shard` needs zarr v3: NGFF 0.4 outputs are zarr v2; use an "
                          "NGFF 0.5 input, `output_format` plain, or no sharding")
+    wanted = output_names(request.output_kind)
+    instances = None
+    if "instances" in wanted:
+        instances = InstanceSpec(
+            parse_classes(request.instance_class, config.class_names, config.classes),
+            request.connectivity, request.min_size, request.consecutive)
     spec = OutputSpec(
         url=request.output,
         axes=out_axes,
         dims=config.dims,
         classes=config.classes,
         class_names=config.class_names,
-        want_labels=request.output_kind in ("labels", "both"),
-        want_probabilities=request.output_kind in ("probabilities", "both"),
+        want_labels="labels" in wanted,
+        want_probabilities="probabilities" in wanted,
         probability_dtype=request.dtype,
         ome=layout,
         labels_group=into_source_output(request.input, "").rstrip("/")
         if request.into_source else None,
+        instances=instances,
+        objects_csv=request.objects_csv and instances is not None,
     )
     parameters = {
         "output": request.output_kind,
@@ -329,11 +387,15 @@ def validate(request: SegmentRequest) -> Run:
         "format": "plain" if layout is None else f"ome-{layout.version}",
         "levels": 1 if layout is None else len(layout.levels),
         "shards": None if shards is None else list(shards),
+        # Only with instances: outputs without them keep their records (and resume).
+        **({} if instances is None else {
+            "instances": {**instances.to_dict(), "objects_csv": spec.objects_csv}}),
     }
     input_identity = {**source.to_dict(), "fingerprint": fingerprint(source)}
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
                    model_hash=digest, batch_size=request.batch_size, device=request.device,
-                   run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks)
+                   run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks,
+                   plan=plan if instances is not None else None)
     return Run(request, source, plan, job, Provenance(
         __version__, digest, parameters, input_identity,
         configuration=dict(request.configuration or {})))

@@ -127,6 +127,11 @@ def segment_archive(
     label_name: str = "unet-tiles",
     level: int = 0,
     shard: int | None = None,
+    instance_class: str | None = None,
+    connectivity: str = "1",
+    min_size: int = 0,
+    consecutive: bool = True,
+    objects_csv: bool = False,
     configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
@@ -158,7 +163,9 @@ def segment_archive(
                "axes": axes, "device": device, "allow_missing_chunks": allow_missing_chunks,
                "output_format": output_format, "into_source": into_source,
                "label_name": label_name, "level": level,
-               "shard": shard, "configuration": configuration}
+               "shard": shard, "instance_class": instance_class,
+               "connectivity": connectivity, "min_size": min_size, "consecutive": consecutive,
+               "objects_csv": objects_csv, "configuration": configuration}
     images = discover_step(root, output_root)
     planned = plan_step(images, output_root, options)
     todo = [o for o in planned if o.status == "todo"]

@@ -81,6 +81,8 @@ def summary_row(input_url: str, output_url: str, summary: dict[str, Any],
         "blocks total": summary["blocks_total"],
         "seconds": summary["seconds"],
         "Mpx/s": summary["megapixels_per_s"],
+        # With --output instances; empty otherwise (one set of columns per table).
+        "objects": summary.get("objects", ""),
         "model hash": model_hash[:12],
         "preview": preview or "",
     }

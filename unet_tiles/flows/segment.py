@@ -46,6 +46,11 @@ def segment_image(
     label_name: str = "unet-tiles",
     level: int = 0,
     shard: int | None = None,
+    instance_class: str | None = None,
+    connectivity: str = "1",
+    min_size: int = 0,
+    consecutive: bool = True,
+    objects_csv: bool = False,
     configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
@@ -83,7 +88,9 @@ def segment_image(
             overwrite=overwrite, batch_size=batch_size, device=device,
             allow_missing_chunks=allow_missing_chunks, output_format=output_format,
             into_source=into_source, label_name=label_name, level=level,
-            shard=shard, configuration=configuration,
+            shard=shard, instance_class=instance_class, connectivity=connectivity,
+            min_size=min_size, consecutive=consecutive, objects_csv=objects_csv,
+            configuration=configuration,
         )
         choice = cluster_choice(cluster, workers, threads_per_worker)
     if make_parent_dirs:
@@ -104,9 +111,10 @@ def segment_image(
     row = summary_row(input, output, summary, run.job.model_hash, preview=written)
     table([row], key=artifact_key("segment", output), description=f"segmented {input}")
     logger.info(
-        "segmented %.1f Mpx in %d blocks (%d already done) in %.1f s = %.2f Mpx/s -> %s",
+        "segmented %.1f Mpx in %d blocks (%d already done) in %.1f s = %.2f Mpx/s%s -> %s",
         summary["pixels"] / 1e6, summary["blocks_done"], summary["blocks_skipped"],
-        summary["seconds"], summary["megapixels_per_s"], output,
+        summary["seconds"], summary["megapixels_per_s"],
+        f", {summary['objects']} objects" if "objects" in summary else "", output,
     )
     return {**summary, "input": input, "output": output, "model_hash": run.job.model_hash,
             "preview": written}
@@ -135,5 +143,5 @@ def run_tracked(request: SegmentRequest, cluster: str | None = None, workers: in
     # The flow's parameters are the request's fields (a test keeps them in step).
     result = segment_image(**asdict(request), cluster=cluster, workers=workers,
                            threads_per_worker=threads_per_worker, preview=preview)
-    names = ("pixels", "blocks_total", "blocks_done", "blocks_skipped", "seconds")
-    return RunSummary(**{name: result[name] for name in names})
+    names = ("pixels", "blocks_total", "blocks_done", "blocks_skipped", "seconds", "objects")
+    return RunSummary(**{name: result[name] for name in names if name in result})

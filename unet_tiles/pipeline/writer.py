@@ -6,11 +6,18 @@ The plain layout of OUTPUT (a zarr v3 group; the contract in DESIGN.md)::
       zarr.json          attrs["unet_tiles"]: the provenance record (provenance.py)
       labels/            argmax class, the input's axes without c
       probabilities/     softmax, (..., K, *spatial)
+      instances/         with --output instances: one id per object (uint32 1..N)
+      objects.parquet    with instances: one row per object (engine/instances.py)
       done/              uint8, one chunk per block: written after the block's data
+      _instances/        while instances are made (removed once complete):
+        provisional/       uint64 ids unique per block (pipeline/instances.py)
+        relabelled/        done-markers of the relabel pass
+        stats/ faces/ objects/   one small .npz per block and pass
 
 The OME layout (``ome_output.py``; docs/output.md) is an NGFF label image of the
 source's NGFF version: label levels ``0/ 1/ ...``, ``probabilities/`` an NGFF
-image with the same levels, ``done/`` and ``pyramid/<level>`` done-markers.
+image with the same levels, ``instances/`` a label image (ids, no per-object
+colours) with the same levels, ``done/`` and ``pyramid/<level>`` done-markers.
 
 A block's done chunk is written only after all of its data chunks, so a
 crashed run leaves no block marked done that is not fully written (invariant 3).
@@ -24,7 +31,9 @@ checksum: zarr-python's v2 arrays take one compressor, none wrapping another.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +49,7 @@ from unet_tiles.pipeline.source import is_remote
 if TYPE_CHECKING:
     import zarr
 
+    from unet_tiles.pipeline.instances import InstanceSpec
     from unet_tiles.pipeline.plan import Block, BlockPlan
     from unet_tiles.pipeline.predict import BlockResult
 
@@ -48,6 +58,13 @@ logger = logging.getLogger(__name__)
 DONE = "done"
 PYRAMID = "pyramid"
 PROBABILITIES = "probabilities"
+INSTANCES = "instances"
+# The instance passes' working state: removed once the output is complete.
+WORK = "_instances"
+PROVISIONAL = f"{WORK}/provisional"
+RELABELLED = f"{WORK}/relabelled"
+OBJECTS_TABLE = "objects.parquet"
+OBJECTS_CSV = "objects.csv"
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,14 @@ class OutputSpec:
     ome: ome_output.OmeLayout | None = None
     # OME layout into a source image: its ``labels`` group, which lists this output.
     labels_group: str | None = None
+    # --output instances: how ids are made (pipeline/instances.py); None: no instances.
+    instances: InstanceSpec | None = None
+    # Also write the object table as CSV beside the Parquet one.
+    objects_csv: bool = False
+
+    @property
+    def want_instances(self) -> bool:
+        return self.instances is not None
 
     @property
     def labels_dtype(self) -> str:
@@ -77,6 +102,9 @@ class OutputSpec:
 
     def labels_path(self, level: int = 0) -> str:
         return "labels" if self.ome is None else self.ome.levels[level].path
+
+    def instances_path(self, level: int = 0) -> str:
+        return INSTANCES if self.ome is None else f"{INSTANCES}/{self.ome.levels[level].path}"
 
     def probabilities_path(self, level: int = 0) -> str:
         return PROBABILITIES if self.ome is None else \
@@ -147,6 +175,8 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
     options, c_options = {**options, **crc}, {**c_options, **crc}
     probabilities = group if layout is None or not spec.want_probabilities else \
         group.create_group(PROBABILITIES)
+    instances = group if layout is None or spec.instances is None else \
+        group.create_group(INSTANCES)
     for level in range(spec.levels):
         shape = plan.shape if layout is None else layout.levels[level].shape
         chunks = tuple(min(c, n) for c, n in zip(plan.chunks, shape, strict=True))
@@ -162,6 +192,11 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
                 chunks=(*chunks[:at], spec.classes, *chunks[at:]),
                 shards=None if shards is None else (*shards[:at], spec.classes, *shards[at:]),
                 dtype=spec.probability_dtype, fill_value=0, **c_options)
+        if spec.instances is not None:
+            instances.create_array(
+                INSTANCES if layout is None else layout.levels[level].path, shape=shape,
+                chunks=chunks, shards=shards, dtype=spec.instances.dtype, fill_value=0,
+                **options)
         if level > 0:
             # A level's blocks have level 0's block shape in pixels (whole chunks).
             grid = block_grid(shape, plan.block_shape)
@@ -170,12 +205,23 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
                 **crc)
     group.create_array(DONE, shape=plan.grid, chunks=(1,) * len(plan.grid), dtype="uint8",
                        fill_value=0, **crc)
+    if spec.instances is not None:
+        group.create_array(PROVISIONAL, shape=plan.shape, chunks=plan.chunks,
+                           shards=plan.shards, dtype="uint64", fill_value=0, **options)
+        group.create_array(RELABELLED, shape=plan.grid, chunks=(1,) * len(plan.grid),
+                           dtype="uint8", fill_value=0, **crc)
     if layout is not None:
         if spec.want_labels:
             attrs.update(ome_output.label_image_attrs(layout, spec.class_names, spec.classes))
         if spec.want_probabilities:
             probabilities.attrs.update(
                 ome_output.probability_image_attrs(layout, spec.class_names, spec.classes))
+        if spec.instances is not None:
+            # Ids only: per-object colours and properties would be millions of
+            # entries; the object table holds per-object data.
+            instances.attrs.update(ome_output.label_image_attrs(
+                layout, spec.class_names, spec.classes, name=INSTANCES,
+                with_properties=False))
         if spec.labels_group is not None:
             _list_in_labels_group(spec.labels_group, spec.url, layout.version)
     # The record goes last: an output without it is not trusted by a rerun.
@@ -228,32 +274,29 @@ class OpenOutput:
     probabilities: zarr.Array[Any] | None
     done: zarr.Array[Any]
     channel_index: int
+    # With instances: level 0's provisional ids (the block pass) and final ids.
+    provisional: zarr.Array[Any] | None = None
+    instances: zarr.Array[Any] | None = None
+    url: str = ""
 
 
-def open_output(spec: OutputSpec) -> OpenOutput:
+def open_output(spec: OutputSpec, level: int = 0) -> OpenOutput:
+    """The arrays of ``level``; its done-markers are the blocks' (level 0) or the
+    pyramid level's."""
     import zarr
 
     group = zarr.open_group(store=spec.url, mode="r+")
     lead = len(spec.axes) - spec.dims
     return OpenOutput(
-        labels=_array(group, spec.labels_path()) if spec.want_labels else None,
-        probabilities=_array(group, spec.probabilities_path())
+        labels=_array(group, spec.labels_path(level)) if spec.want_labels else None,
+        probabilities=_array(group, spec.probabilities_path(level))
         if spec.want_probabilities else None,
-        done=_array(group, DONE),
+        done=_array(group, DONE if level == 0 else f"{PYRAMID}/{level}"),
         channel_index=spec.channel_index(lead),
+        provisional=_array(group, PROVISIONAL) if spec.want_instances and level == 0 else None,
+        instances=_array(group, spec.instances_path(level)) if spec.want_instances else None,
+        url=spec.url,
     )
-
-
-def open_level(spec: OutputSpec, level: int) -> tuple[zarr.Array[Any] | None,
-                                                        zarr.Array[Any] | None,
-                                                        zarr.Array[Any]]:
-    """(labels, probabilities, done-markers) of a pyramid level >= 1."""
-    import zarr
-
-    group = zarr.open_group(store=spec.url, mode="r+")
-    return (_array(group, spec.labels_path(level)) if spec.want_labels else None,
-            _array(group, spec.probabilities_path(level)) if spec.want_probabilities else None,
-            _array(group, f"{PYRAMID}/{level}"))
 
 
 def _array(group: zarr.Group, path: str) -> zarr.Array[Any]:
@@ -265,9 +308,15 @@ def _array(group: zarr.Group, path: str) -> zarr.Array[Any]:
     return node.with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
 
 
-def write_block(output: OpenOutput, block: Block, result: BlockResult) -> None:
-    """Write the block's chunks, then its done-marker (never before)."""
+def write_block(output: OpenOutput, block: Block, result: BlockResult,
+                instances: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Write the block's chunks (and with ``instances``, its provisional ids and
+    their sums), then its done-marker (never before)."""
     slices = block.write.to_slices()
+    if output.provisional is not None and instances is not None:
+        ids, stats = instances
+        output.provisional[slices] = ids.reshape(block.write.shape)
+        save_arrays(output.url, block_file("stats", block.index), {"stats": stats})
     if output.labels is not None and result.labels is not None:
         output.labels[slices] = result.labels.reshape(block.write.shape)
     if output.probabilities is not None and result.probabilities is not None:
@@ -282,6 +331,62 @@ def write_block(output: OpenOutput, block: Block, result: BlockResult) -> None:
 
 def mark_done(done: zarr.Array[Any], index: tuple[int, ...]) -> None:
     done[tuple(slice(i, i + 1) for i in index)] = np.ones((1,) * len(index), dtype=np.uint8)
+
+
+def block_file(kind: str, index: tuple[int, ...]) -> str:
+    """Where a pass keeps one block's small result: ``_instances/<kind>/<block>.npz``."""
+    return f"{WORK}/{kind}/{'.'.join(map(str, index))}.npz"
+
+
+def save_arrays(url: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write numpy arrays (no pickles) as ``url/key``, whole or not at all: its
+    existence is a pass's done-marker."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    data = buffer.getvalue()
+    if is_remote(url):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.pipe_file(f"{path.rstrip('/')}/{key}", data)  # one PUT: whole or absent
+        return
+    target = Path(url) / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, target)
+
+
+def load_arrays(url: str, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays ``save_arrays`` wrote at ``url/key``; None where there are none."""
+    if is_remote(url):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        try:
+            data = fs.cat_file(f"{path.rstrip('/')}/{key}")
+        except FileNotFoundError:
+            return None
+    else:
+        try:
+            data = (Path(url) / key).read_bytes()
+        except FileNotFoundError:
+            return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def remove_work(url: str) -> None:
+    """Drop the instance passes' working state of a complete output."""
+    if is_remote(url):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        work = f"{path.rstrip('/')}/{WORK}"
+        if fs.exists(work):
+            fs.rm(work, recursive=True)
+    else:
+        shutil.rmtree(Path(url) / WORK, ignore_errors=True)
 
 
 def pyramid_done(url: str, level: int) -> np.ndarray:

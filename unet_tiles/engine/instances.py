@@ -1,0 +1,304 @@
+"""Passes 2-4 of instance ids (``pipeline/instances.py``) after the block pass.
+
+::
+
+    faces    one task per block: its provisional ids grown by one pixel, its pairs
+             -> _instances/faces/<block>.npz
+    merge    here, on the client: every block's faces -> a BlockRelabel per block
+    relabel  one task per block, given only its own BlockRelabel: final ids into
+             instances/, its table rows -> _instances/objects/<block>.npz, then its
+             done-marker in _instances/relabelled
+    table    here: the rows, block after block, into OUTPUT/objects.parquet (one row
+             group per block: memory is one block's rows)
+
+Every pass skips what is done (a file, a marker), and the merge is recomputed
+from the faces on a rerun: a killed run resumes to the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unet_tiles.engine.faults import with_retries
+from unet_tiles.errors import BlockFailedError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from distributed import Client
+
+    from unet_tiles.pipeline.instances import BlockRelabel
+    from unet_tiles.pipeline.plan import Block, BlockPlan
+    from unet_tiles.pipeline.writer import OutputSpec
+
+logger = logging.getLogger(__name__)
+
+
+def label_result(spec: OutputSpec, plan: BlockPlan, block: Block, labels: np.ndarray,
+                 probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1, inside the block task: the block's provisional ids and sums."""
+    from unet_tiles.pipeline.instances import block_offset, label_block
+
+    assert spec.instances is not None
+    classes = list(spec.instances.classes)
+    mask = np.isin(labels, classes).reshape(block.write.shape)
+    probability = probabilities[classes].astype(np.float32).sum(axis=0) \
+        .reshape(block.write.shape)
+    return label_block(mask, probability, block_offset(block.index, plan.grid, plan.block_shape),
+                       block.write.offset, plan.dims, spec.instances.connectivity)
+
+
+def block_of(plan: BlockPlan) -> Callable[[np.ndarray], np.ndarray]:
+    """Provisional id -> linear index of the block that gave it."""
+    from unet_tiles.pipeline.instances import capacity
+
+    size = np.uint64(capacity(plan.block_shape))
+
+    def of(ids: np.ndarray) -> np.ndarray:
+        return ((np.asarray(ids, dtype=np.uint64) - np.uint64(1)) // size).astype(np.int64)
+
+    return of
+
+
+def faces_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...]) -> int:
+    """Pass 2 for one block: its touching pairs and crossing objects, saved."""
+    from unet_tiles.pipeline.geometry import Box
+    from unet_tiles.pipeline.instances import block_faces, block_offset, capacity, touching_pairs
+    from unet_tiles.pipeline.writer import block_file, load_arrays, open_output, save_arrays
+
+    how = spec.instances
+    assert how is not None
+    block = plan.block(index)
+    lead = plan.lead
+    one = (0,) * lead + (1,) * plan.dims
+    grown = block.write.grow(one, one).intersect(Box.of_shape(plan.shape))
+    offset = block_offset(index, plan.grid, plan.block_shape)
+
+    def work() -> int:
+        output = open_output(spec)
+        assert output.provisional is not None
+        region = np.asarray(output.provisional[grown.to_slices()])
+        pairs = touching_pairs(region, plan.dims, how.connectivity,
+                               (offset, offset + capacity(plan.block_shape)))
+        stored = load_arrays(spec.url, block_file("stats", index))
+        if stored is None:
+            raise FileNotFoundError(f"the object sums of {block.describe(spec.axes)} are "
+                                    "missing; rerun with --overwrite")
+        faces = block_faces(pairs, stored["stats"], how.min_size)
+        save_arrays(spec.url, block_file("faces", index), faces.to_arrays())
+        return int(pairs.shape[0])
+
+    return with_retries(work, f"finding the touching objects of {block.describe(spec.axes)}",
+                        spec.url)
+
+
+def relabel_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...],
+                 part: BlockRelabel) -> int:
+    """Pass 4 for one block: final ids, its table rows, then its done-marker."""
+    from unet_tiles.pipeline.instances import relabel_block
+    from unet_tiles.pipeline.writer import (
+        RELABELLED,
+        block_file,
+        load_arrays,
+        mark_done,
+        open_output,
+        save_arrays,
+    )
+
+    how = spec.instances
+    assert how is not None
+    block = plan.block(index)
+
+    def work() -> int:
+        import zarr
+
+        output = open_output(spec)
+        assert output.provisional is not None
+        assert output.instances is not None
+        slices = block.write.to_slices()
+        stored = load_arrays(spec.url, block_file("stats", index))
+        if stored is None:
+            raise FileNotFoundError(f"the object sums of {block.describe(spec.axes)} are "
+                                    "missing; rerun with --overwrite")
+        final, rows = relabel_block(np.asarray(output.provisional[slices]), stored["stats"],
+                                    part, how.min_size, how.consecutive, how.dtype)
+        output.instances[slices] = final
+        save_arrays(spec.url, block_file("objects", index), {"rows": rows})
+        done = zarr.open_array(store=spec.url, path=RELABELLED, mode="r+")
+        mark_done(done, index)
+        return int(rows.size)
+
+    return with_retries(work, f"relabelling {block.describe(spec.axes)}", spec.url)
+
+
+def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> int:
+    """Passes 2-4 and the object table after the block pass; the object count."""
+    import zarr
+
+    from unet_tiles.pipeline.instances import BlockFaces, merge
+    from unet_tiles.pipeline.writer import RELABELLED, block_file, load_arrays
+
+    assert spec.instances is not None
+    started = time.perf_counter()
+    indices = [b.index for b in plan]
+    faces_todo = [i for i in indices if load_arrays(spec.url, block_file("faces", i)) is None]
+    _run(client, [(faces_task, (spec, plan, i)) for i in faces_todo], "finding touching objects")
+    faces = []
+    for i in indices:
+        stored = load_arrays(spec.url, block_file("faces", i))
+        if stored is None:
+            raise FileNotFoundError(f"the faces of block {i} are missing")
+        faces.append(BlockFaces.from_arrays(stored))
+    merged = merge(faces, spec.instances.min_size, spec.instances.consecutive, block_of(plan))
+    del faces
+    done = np.asarray(zarr.open_array(store=spec.url, path=RELABELLED, mode="r")[...]) \
+        .astype(bool)
+    relabel_todo = [(relabel_task, (spec, plan, i, merged.relabels[n]))
+                    for n, i in enumerate(indices) if not done[i]]
+    _run(client, relabel_todo, "relabelling")
+    write_table(spec, indices)
+    logger.info("%d objects in %s (%.1f s)", merged.objects, spec.url,
+                time.perf_counter() - started)
+    return merged.objects
+
+
+def write_table(spec: OutputSpec, indices: Sequence[tuple[int, ...]]) -> None:
+    """OUTPUT/objects.parquet (and .csv) from the blocks' rows, in block order: with
+    consecutive ids, that is id order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unet_tiles.pipeline.writer import OBJECTS_CSV, OBJECTS_TABLE, block_file, load_arrays
+
+    schema = None
+    with _TableFile(spec.url, OBJECTS_TABLE) as sink:
+        writer = None
+        for index in indices:
+            stored = load_arrays(spec.url, block_file("objects", index))
+            if stored is None:
+                raise FileNotFoundError(f"the object rows of block {index} are missing")
+            table = pa.table(object_columns(stored["rows"], spec))
+            if writer is None:
+                schema = table.schema.with_metadata(_units(spec))
+                writer = pq.ParquetWriter(sink, schema)
+            writer.write_table(table.cast(schema))
+        if writer is None:  # no blocks: an empty table with its columns
+            from unet_tiles.pipeline.instances import stats_dtype
+
+            table = pa.table(object_columns(np.zeros(0, stats_dtype(len(spec.axes))), spec))
+            writer = pq.ParquetWriter(sink, table.schema.with_metadata(_units(spec)))
+        writer.close()
+    if spec.objects_csv:
+        import pyarrow.csv as pcsv
+
+        parquet = _read_back(spec.url, OBJECTS_TABLE)
+        with _TableFile(spec.url, OBJECTS_CSV) as sink:
+            pcsv.write_csv(parquet, sink)
+
+
+def object_columns(rows: np.ndarray, spec: OutputSpec) -> dict[str, np.ndarray]:
+    """The table's columns from combined rows: id, count, centroid, bounding box
+    (start inclusive, stop exclusive, as slices), mean probability of the instance
+    classes; for OME outputs also in physical units."""
+    assert spec.instances is not None
+    count = rows["count"].astype(np.int64)
+    columns: dict[str, np.ndarray] = {"id": rows["id"].astype(spec.instances.dtype),
+                                      "count": count}
+    safe = np.maximum(count, 1)[:, None]
+    centroid = rows["sum"] / safe
+    for k, axis in enumerate(spec.axes):
+        columns[f"centroid_{axis}"] = centroid[:, k]
+    for k, axis in enumerate(spec.axes):
+        columns[f"bbox_start_{axis}"] = rows["start"][:, k]
+        columns[f"bbox_stop_{axis}"] = rows["stop"][:, k]
+    columns["mean_probability"] = rows["probability"] / safe[:, 0]
+    if spec.ome is not None:
+        level = spec.ome.levels[0]
+        shift = level.translation or (0.0,) * len(spec.axes)
+        for k, ome_axis in enumerate(spec.ome.axes):
+            if ome_axis.type != "space":
+                continue
+            name = f"{ome_axis.name}_{ome_axis.unit or 'physical'}"
+            columns[f"centroid_{name}"] = shift[k] + centroid[:, k] * level.scale[k]
+            columns[f"bbox_start_{name}"] = shift[k] + rows["start"][:, k] * level.scale[k]
+            columns[f"bbox_stop_{name}"] = shift[k] + rows["stop"][:, k] * level.scale[k]
+    return columns
+
+
+def _units(spec: OutputSpec) -> dict[str, str]:
+    axes = {a.name: a.unit or "" for a in spec.ome.axes} if spec.ome is not None else {}
+    return {"unet_tiles.axes": spec.axes, "unet_tiles.units": ",".join(
+        f"{name}={unit}" for name, unit in axes.items() if unit)}
+
+
+class _TableFile:
+    """A file beside the arrays, written whole or not at all."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url, self.name = url, name
+
+    def __enter__(self) -> Any:
+        from unet_tiles.pipeline.source import is_remote
+
+        if is_remote(self.url):
+            import fsspec
+
+            self.file = fsspec.open(f"{self.url.rstrip('/')}/{self.name}", "wb").open()
+            self.partial = None
+        else:
+            from pathlib import Path
+
+            self.partial = Path(self.url) / f"{self.name}.partial"
+            self.file = open(self.partial, "wb")  # closed in __exit__
+        return self.file
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        import os
+
+        self.file.close()
+        if self.partial is not None:
+            if kind is None:
+                os.replace(self.partial, self.partial.with_name(self.name))
+            else:
+                self.partial.unlink(missing_ok=True)
+
+
+def _read_back(url: str, name: str) -> Any:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(f"{url.rstrip('/')}/{name}", "rb") as f:
+        return pq.read_table(f)
+
+
+def _run(client: Client | None, tasks: list[tuple[Callable[..., int], tuple[Any, ...]]],
+         what: str) -> None:
+    """Run ``(function, args)`` tasks here in order or on the cluster; all failures
+    are gathered and named once."""
+    if client is None:
+        for function, args in tasks:
+            function(*args)
+        return
+    from distributed import wait
+
+    token = f"{time.monotonic_ns():x}"
+    futures = [client.submit(function, *args, pure=False,
+                             key=f"{function.__name__}-{'.'.join(map(str, args[2]))}-{token}")
+               for function, args in tasks]
+    wait(futures)
+    failed = [(args[2], f) for (_, args), f in zip(tasks, futures, strict=True)
+              if f.status != "finished"]
+    if failed:
+        index, future = failed[0]
+        error: Any = future.exception()
+        raise BlockFailedError(
+            f"{what}: {len(failed)} of {len(tasks)} blocks failed; first: block "
+            f"{'.'.join(map(str, index))}: {type(error).__name__}: {error}. Rerun the same "
+            "command to finish", [{"index": list(i)} for i, _ in failed])
+
+
+__all__ = ["faces_task", "label_result", "make_instances", "relabel_task", "write_table"]
