@@ -65,3 +65,26 @@ def test_driver_killed_resumes_byte_identical(tmp_path: Path, model: Path, clien
     assert_identical(out, ref)
     assert not list(Path(out).rglob("*.partial"))
     assert not (tmp_path / ".out.zarr.lock").exists()
+
+
+@pytest.mark.slow
+def test_driver_killed_with_instances_resumes_byte_identical(
+        tmp_path: Path, model: Path, client: Any, spawn: Callable[..., Any]) -> None:
+    # The block pass keeps each block's provisional ids and sums; the rerun redoes the
+    # unfinished blocks, then the passes over faces, merge and relabel: the same bytes.
+    inp = make_image(tmp_path / "img.zarr")
+    extra = ("--output", "labels,instances")
+    ref = reference(client, inp, str(tmp_path / "ref.zarr"), model, *extra)
+    out = str(tmp_path / "out.zarr")
+    proc = spawn(segment_argv(inp, out, model, *extra))
+    wait_for_done(out, proc, at_least=3)
+    kill_group(proc)
+    done = done_grid(out)
+    assert done is not None
+    assert done.sum() < done.size, "kill came too late to test anything"
+    assert (Path(out) / "_instances" / "provisional").exists()
+    status, stdout, stderr = run_cli(spawn, segment_argv(inp, out, model, *extra))
+    assert status == 0, stderr
+    assert "objects" in stdout
+    assert_identical(out, ref)
+    assert not (Path(out) / "_instances").exists()

@@ -245,6 +245,8 @@ def test_instance_classes_and_bad_settings() -> None:
         parse_classes("nucleus", names, 3)
     with pytest.raises(UsageError, match="`instance_class` 3 is not a class"):
         parse_classes("3", names, 3)
+    with pytest.raises(UsageError, match="is the background"):
+        parse_classes("0", names, 3)
     with pytest.raises(UsageError, match="instances need a foreground class"):
         parse_classes(None, ("background",), 1)
     with pytest.raises(UsageError, match="`min_size` must be 0 or more"):

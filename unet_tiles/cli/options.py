@@ -24,6 +24,26 @@ REQUEST_FIELDS = ("model_dir", "output_kind", "dtype", "block_size", "tile_size"
                   "min_size", "consecutive", "objects_csv", "configuration")
 
 
+class OutputChoices(tuple[str, ...]):
+    """``--output``'s choices: lists ``OUTPUT_KINDS``, admits them in any order
+    (``instances,labels``), so argparse and ``--config`` files check it early."""
+
+    def __new__(cls) -> OutputChoices:
+        return super().__new__(cls, OUTPUT_KINDS)
+
+    def __contains__(self, value: object) -> bool:
+        from unet_tiles.engine.run import canonical_output
+        from unet_tiles.errors import UsageError
+
+        if not isinstance(value, str):
+            return False
+        try:
+            canonical_output(value)
+        except UsageError:
+            return False
+        return True
+
+
 def add_model(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--model", dest="model_dir", required=required, metavar="DIR",
                    help="model directory (config.json + weights.safetensors)")
@@ -33,10 +53,10 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
     """What to compute and how: the ``SegmentRequest`` fields other than paths."""
     add_model(p)
     group = p.add_argument_group("segmentation")
-    group.add_argument("--output", dest="output_kind", default="labels", metavar="KIND",
+    group.add_argument("--output", dest="output_kind", default="labels",
+                       choices=OutputChoices(), metavar="KIND",
                        help="what to write: labels (default), probabilities, both, "
-                       "instances, or several joined by commas, e.g. labels,instances "
-                       f"({', '.join(OUTPUT_KINDS)})")
+                       "instances, or several joined by commas, e.g. labels,instances")
     group.add_argument("--dtype", default="float16", choices=PROBABILITY_DTYPES,
                        help="dtype of probabilities (default float16)")
     group.add_argument("--block-size", type=int, default=None, metavar="N",

@@ -150,8 +150,8 @@ def canonical_output(kind: str) -> str:
         names = (names - {"both"}) | {"labels", "probabilities"}
     unknown = sorted(names - set(OUTPUTS))
     if unknown or not names:
-        raise UsageError(f"`output_kind` {kind!r} must name one or more of {OUTPUTS} "
-                         "(comma-separated) or both")
+        raise UsageError(f"`output_kind` {kind!r} must be one of {', '.join(OUTPUTS)} or both, "
+                         "or several joined by commas (labels,instances)")
     if names == {"labels", "probabilities"}:
         return "both"
     return ",".join(n for n in OUTPUTS if n in names)

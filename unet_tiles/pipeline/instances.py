@@ -87,6 +87,9 @@ def parse_classes(given: str | None, class_names: Sequence[str], classes: int) -
         else:
             raise UsageError(f"`instance_class` {word!r} is not a class of the model "
                              f"({', '.join(names)})")
+        if index == 0:
+            raise UsageError(f"`instance_class` {word!r} is the background (class 0); name "
+                             f"foreground classes ({', '.join(names[1:])})")
         if index not in picked:
             picked.append(index)
     return tuple(sorted(picked))

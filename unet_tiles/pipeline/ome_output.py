@@ -10,7 +10,7 @@ builds dictionaries and shapes, the writer writes them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from unet_tiles.errors import InputError
@@ -79,6 +79,14 @@ class OmeLayout:
         """Where the class axis ``c`` of probabilities goes: after ``t``, before z, y, x
         (NGFF's axis order)."""
         return 1 if self.names.startswith("t") else 0
+
+    def nested(self) -> OmeLayout:
+        """This layout for an image one group further down (``instances/``): a
+        relative source image path gains a ``../``."""
+        source = self.source_image
+        if source is not None and "://" not in source and not source.startswith("/"):
+            source = f"../{source}"
+        return replace(self, source_image=source)
 
     def factors(self, level: int) -> tuple[float, ...]:
         """Scale factor of ``level`` against level 0, per axis (from the shapes)."""

@@ -35,6 +35,7 @@ import io
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
     from unet_tiles.pipeline.predict import BlockResult
 
 logger = logging.getLogger(__name__)
+# zarr warns of every non-zarr file it meets when it lists a group; the object
+# table beside the arrays is there by design (DESIGN.md, the output store).
+warnings.filterwarnings("ignore", message=r"Object at objects\.(parquet|csv) is not recognized")
 
 DONE = "done"
 PYRAMID = "pyramid"
@@ -220,7 +224,7 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
             # Ids only: per-object colours and properties would be millions of
             # entries; the object table holds per-object data.
             instances.attrs.update(ome_output.label_image_attrs(
-                layout, spec.class_names, spec.classes, name=INSTANCES,
+                layout.nested(), spec.class_names, spec.classes, name=INSTANCES,
                 with_properties=False))
         if spec.labels_group is not None:
             _list_in_labels_group(spec.labels_group, spec.url, layout.version)
