@@ -86,6 +86,17 @@ def test_demo_command_small(tmp_path, capsys) -> None:
     assert np.abs(right - left)[predicted].mean() > 20  # labels are drawn
     score = accuracy(workdir / "segmentation.zarr" / "labels", workdir / "truth.zarr", region)
     assert score.iou_foreground > 0.85
+    # The instances: the printed count is the table's, the AP one of a real segmentation.
+    import pyarrow.parquet as pq
+
+    from unet_tiles.demo.score import instance_accuracy
+
+    table = pq.read_table(str(workdir / "segmentation.zarr" / "objects.parquet"))
+    objects = instance_accuracy(workdir / "segmentation.zarr" / "instances",
+                                workdir / "truth.zarr")
+    assert objects.objects == table.num_rows > 10
+    assert f"{objects.objects} objects ({objects.true_objects} generated)" in out
+    assert objects.ap50 > 0.3
     # A rerun reuses the image and the finished segmentation.
     assert main(["demo", "--size", "640", "--workdir", str(workdir), "--workers", "1",
                  "--no-progress"]) == 0

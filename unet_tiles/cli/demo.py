@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from unet_tiles.demo.images import MIN_SIZE_PX, demo_chunks, demo_model_dir, generate
     from unet_tiles.demo.preview import preview_region, write_preview
-    from unet_tiles.demo.score import accuracy
+    from unet_tiles.demo.score import accuracy, instance_accuracy
     from unet_tiles.engine.run import SegmentRequest
     from unet_tiles.errors import UsageError
     from unet_tiles.flows import api_configured
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     output = workdir / "segmentation.zarr"
     block_size = args.block_size or chunk
     request = SegmentRequest(input=str(image), output=str(output), model_dir=model,
-                             output_kind="labels", block_size=block_size, overwrite=not reuse)
+                             output_kind="labels,instances", block_size=block_size,
+                             overwrite=not reuse)
     # As 'unet-tiles segment': the flow when asked for or when a Prefect API is
     # configured; otherwise the same Run without a server, so the first command
     # on a fresh machine starts no Prefect server.
@@ -111,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  accuracy    foreground IoU {score.iou_foreground:.3f} (whole image); "
           f"AP@0.5 {score.ap50_preview:.3f} on the {rows} x {cols} preview "
           f"({score.objects_preview} {args.kind})")
+    objects = instance_accuracy(output / "instances", truth)
+    print(f"  instances   {objects.objects} objects ({objects.true_objects} generated); "
+          f"AP@0.5 {objects.ap50:.3f} over the whole image -> {output / 'objects.parquet'}")
     preview = write_preview(args.preview or workdir / "preview.png", image, labels,
                             region, chunk)
     print(f"  preview     {preview} (image | labels; dashed red: chunk borders every "
