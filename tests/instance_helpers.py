@@ -30,15 +30,16 @@ AXES = {2: "yx", 3: "zyx", 4: "tzyx"}
 
 def instance_output(url: str, shape: tuple[int, ...], block_shape: tuple[int, ...], dims: int,
                     connectivity: str = "1", min_size: int = 0, consecutive: bool = True,
-                    wanted: tuple[int, ...] = (1,), chunks: tuple[int, ...] | None = None
-                    ) -> tuple[OutputSpec, BlockPlan]:
+                    wanted: tuple[int, ...] = (1,), chunks: tuple[int, ...] | None = None,
+                    **split: Any) -> tuple[OutputSpec, BlockPlan]:
     """An output store with instances, created on disk."""
     axes = AXES[len(shape)]
     model = MODELS[(1, "valid")]  # its geometry only, for any dims
     plan = BlockPlan(shape, chunks or block_shape, block_shape, dims, (model.halo[0],) * dims,
                      model.divisor, 32, model.valid_size(1))
     spec = OutputSpec(url, axes, dims, 3, (), False, False, "float32",
-                      instances=InstanceSpec(wanted, connectivity, min_size, consecutive),
+                      instances=InstanceSpec(wanted, connectivity, min_size, consecutive,
+                                             **split),
                       objects_csv=True)
     create_output(spec, plan, RECORD)
     return spec, plan

@@ -126,6 +126,23 @@ def test_stacks_through_a_2d_model_label_each_plane(tmp_path: Path, model_dir: s
     assert summary.objects == total
 
 
+def test_split_by_probability_separates_what_components_merge(tmp_path: Path,
+                                                               model_dir: str) -> None:
+    src = blobs(tmp_path / "img.zarr", seed=2)
+    plain = segment(src, str(tmp_path / "a.zarr"), model_dir, output_kind="instances")
+    split = segment(src, str(tmp_path / "b.zarr"), model_dir, output_kind="labels,instances",
+                    split="probability", seed_probability=0.95, split_distance=6)
+    out = zarr.open_group(str(tmp_path / "b.zarr"), mode="r")
+    instances = out["instances"][...]
+    assert split.objects is not None
+    assert plain.objects is not None
+    assert split.objects >= plain.objects
+    assert ((instances > 0) <= (out["labels"][...] > 0)).all()
+    table = pq.read_table(str(tmp_path / "b.zarr" / "objects.parquet"))
+    assert table.column("id").to_pylist() == list(range(1, split.objects + 1))
+    assert out.attrs["unet_tiles"]["parameters"]["instances"]["split"] == "probability"
+
+
 def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "unet_tiles.cli", *argv], capture_output=True,
                           text=True, timeout=120, check=False)
@@ -136,6 +153,9 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     (["--instance-class", "7"], "--instance-class 7 is not a class of the model"),
     (["--min-size", "-1"], "--min-size must be 0 or more pixels"),
     (["--output", "labels,outlines"], "argument --output: invalid choice: 'labels,outlines'"),
+    (["--split", "border"], "--split border needs a class named border"),
+    (["--split", "probability", "--seed-probability", "1.5"],
+     "--seed-probability must be in (0, 1], got 1.5"),
 ])
 def test_bad_instance_options_are_one_line_exit_2(tmp_path: Path, model_dir: str,
                                                   extra: list[str], message: str) -> None:

@@ -21,7 +21,8 @@ DEVICES = ("auto", "cpu", "cuda")
 REQUEST_FIELDS = ("model_dir", "output_kind", "dtype", "block_size", "tile_size", "batch_size",
                   "axes", "device", "allow_missing_chunks", "output_format", "into_source",
                   "label_name", "level", "shard", "instance_class", "connectivity",
-                  "min_size", "consecutive", "objects_csv", "configuration")
+                  "min_size", "consecutive", "objects_csv", "split", "seed_probability",
+                  "split_distance", "configuration")
 
 
 class OutputChoices(tuple[str, ...]):
@@ -95,6 +96,16 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
                          help="keep the sparse uint64 ids instead of renumbering them 1..N")
     objects.add_argument("--objects-csv", action="store_true",
                          help="also write the object table as OUTPUT/objects.csv")
+    objects.add_argument("--split", default="none", choices=("none", "border", "probability"),
+                         help="split touching cells by a seeded watershed on the probability: "
+                         "seeds are the instance classes without the class named border, or "
+                         "the pixels of at least --seed-probability (default none)")
+    objects.add_argument("--seed-probability", type=float, default=0.9, metavar="P",
+                         help="with --split probability: the seeds' least probability "
+                         "(default 0.9)")
+    objects.add_argument("--split-distance", type=int, default=10, metavar="PX",
+                         help="with --split: the farthest a cell grows from its seed "
+                         "(default 10 px)")
     group.add_argument("--allow-missing-chunks", action="store_true",
                        help="read missing input chunks as the fill value (for stores written "
                        "without empty chunks); by default a missing chunk fails its block")

@@ -33,23 +33,36 @@ if TYPE_CHECKING:
 
     from unet_tiles.pipeline.instances import BlockRelabel
     from unet_tiles.pipeline.plan import Block, BlockPlan
-    from unet_tiles.pipeline.writer import OutputSpec
+    from unet_tiles.pipeline.writer import BlockInstances, OutputSpec
 
 logger = logging.getLogger(__name__)
 
 
 def label_result(spec: OutputSpec, plan: BlockPlan, block: Block, labels: np.ndarray,
-                 probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1, inside the block task: the block's provisional ids and sums."""
+                 probabilities: np.ndarray) -> BlockInstances:
+    """Pass 1, inside the block task: the block's provisional ids and sums, and with
+    ``split`` the probability its seeds flood by (``pipeline/split.py``)."""
     from unet_tiles.pipeline.instances import block_offset, label_block
+    from unet_tiles.pipeline.writer import BlockInstances
 
-    assert spec.instances is not None
-    classes = list(spec.instances.classes)
-    mask = np.isin(labels, classes).reshape(block.write.shape)
-    probability = probabilities[classes].astype(np.float32).sum(axis=0) \
-        .reshape(block.write.shape)
-    return label_block(mask, probability, block_offset(block.index, plan.grid, plan.block_shape),
-                       block.write.offset, plan.dims, spec.instances.connectivity)
+    how = spec.instances
+    assert how is not None
+    shape = block.write.shape
+    classes = list(how.classes)
+    mask = np.isin(labels, classes).reshape(shape)
+    probability = probabilities[classes].astype(np.float32).sum(axis=0).reshape(shape)
+    flood = None
+    if how.splits:
+        flood_mask = np.isin(labels, list(how.flood_classes)).reshape(shape)
+        # Negative: not a class a seed may flood.
+        flood = np.where(flood_mask, probability, -1).astype(np.float16)
+        mask = np.isin(labels, list(how.seed_classes)).reshape(shape)
+        if how.split == "probability":
+            mask &= probability >= how.seed_probability
+    ids, stats = label_block(mask, probability, block_offset(block.index, plan.grid,
+                                                             plan.block_shape),
+                             block.write.offset, plan.dims, how.connectivity)
+    return BlockInstances(ids, stats, flood)
 
 
 def block_of(plan: BlockPlan) -> Callable[[np.ndarray], np.ndarray]:
@@ -126,13 +139,50 @@ def relabel_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...],
                                     "missing; rerun with --overwrite")
         final, rows = relabel_block(np.asarray(output.provisional[slices]), stored["stats"],
                                     part, how.min_size, how.consecutive, how.dtype)
-        output.instances[slices] = final
+        # With --split these are the seeds, flooded into cells by the grow pass.
+        target = output.seeds if how.splits else output.instances
+        assert target is not None
+        target[slices] = final
         save_arrays(spec.url, block_file("objects", index), {"rows": rows})
         done = zarr.open_array(store=spec.url, path=RELABELLED, mode="r+")
         mark_done(done, index)
         return int(rows.size)
 
     return with_retries(work, f"relabelling {block.describe(spec.axes)}", spec.url)
+
+
+def grow_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...]) -> int:
+    """Pass 5 with --split: the block's seeds flooded into cells from its window
+    (``pipeline/split.py``), its cells' rows (those on its faces apart), saved."""
+    from unet_tiles.pipeline.geometry import Box
+    from unet_tiles.pipeline.instances import structure
+    from unet_tiles.pipeline.split import boundary_ids, flood, halo, measure_ids
+    from unet_tiles.pipeline.writer import block_file, open_output, save_arrays
+
+    how = spec.instances
+    assert how is not None
+    block = plan.block(index)
+    reach = (0,) * plan.lead + (halo(how.split_distance),) * plan.dims
+    window = block.write.grow(reach, reach).intersect(Box.of_shape(plan.shape))
+    inner = block.write.relative_to(window.offset).to_slices()
+
+    def work() -> int:
+        output = open_output(spec)
+        assert output.seeds is not None
+        assert output.flood is not None
+        assert output.instances is not None
+        seeds = np.asarray(output.seeds[window.to_slices()])
+        probability = np.asarray(output.flood[window.to_slices()]).astype(np.float32)
+        cells = flood(seeds, probability, window.offset, plan.shape, plan.dims,
+                      structure(plan.dims, how.connectivity), how.split_distance)[inner]
+        output.instances[block.write.to_slices()] = cells
+        rows = measure_ids(cells, probability[inner], block.write.offset)
+        shared = np.isin(rows["id"], boundary_ids(cells, plan.dims))
+        save_arrays(spec.url, block_file("grown", index),
+                    {"alone": rows[~shared], "shared": rows[shared]})
+        return int(rows.size)
+
+    return with_retries(work, f"growing the seeds of {block.describe(spec.axes)}", spec.url)
 
 
 def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> int:
@@ -170,28 +220,79 @@ def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> 
     relabel_todo = [(relabel_task, (spec, plan, i, merged.relabels[n]))
                     for n, i in enumerate(indices) if not done[i]]
     _run(client, relabel_todo, "relabelling")
-    write_table(spec, indices)
+    if spec.instances.splits:
+        grow_todo = [i for i in indices if load_arrays(spec.url, block_file("grown", i)) is None]
+        _run(client, [(grow_task, (spec, plan, i)) for i in grow_todo], "growing seeds")
+        owner = _owner(spec, plan, [merged.relabels[n].base for n in range(len(indices))])
+        write_table(spec, indices, grown_rows(spec, indices, owner))
+    else:
+        write_table(spec, indices, lambda index: _stored(spec, "objects", index)["rows"])
     logger.info("%d objects in %s (%.1f s)", merged.objects, spec.url,
                 time.perf_counter() - started)
     return merged.objects
 
 
-def write_table(spec: OutputSpec, indices: Sequence[tuple[int, ...]]) -> None:
+def _stored(spec: OutputSpec, kind: str, index: tuple[int, ...]) -> dict[str, np.ndarray]:
+    from unet_tiles.pipeline.writer import block_file, load_arrays
+
+    stored = load_arrays(spec.url, block_file(kind, index))
+    if stored is None:
+        raise FileNotFoundError(f"the {kind} of block {index} are missing; rerun the same "
+                                "command")
+    return stored
+
+
+def _owner(spec: OutputSpec, plan: BlockPlan, bases: list[int]
+           ) -> Callable[[np.ndarray], np.ndarray]:
+    """Final id -> the linear block whose table rows hold it."""
+    assert spec.instances is not None
+    if not spec.instances.consecutive:
+        return block_of(plan)
+    starts = np.asarray(bases, dtype=np.int64)
+
+    def of(ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(starts, np.asarray(ids, dtype=np.int64), side="right") - 1
+
+    return of
+
+
+def grown_rows(spec: OutputSpec, indices: Sequence[tuple[int, ...]],
+               owner: Callable[[np.ndarray], np.ndarray]
+               ) -> Callable[[tuple[int, ...]], np.ndarray]:
+    """Each block's table rows after the flood: its cells that touch no other block,
+    and the cells its ids hold combined from every block's part of them (only the
+    parts on block faces are ever held together)."""
+    from unet_tiles.pipeline.instances import combine, stats_dtype
+
+    parts = [_stored(spec, "grown", i)["shared"] for i in indices]
+    shared = np.concatenate(parts) if parts else np.zeros(0, stats_dtype(len(spec.axes)))
+    shared = shared[np.argsort(shared["id"], kind="stable")]
+    totals = combine(shared, shared["id"])
+    owners = owner(totals["id"])
+    number = {index: n for n, index in enumerate(indices)}
+
+    def rows(index: tuple[int, ...]) -> np.ndarray:
+        mine = totals[owners == number[index]]
+        both = np.concatenate([_stored(spec, "grown", index)["alone"], mine])
+        return both[np.argsort(both["id"], kind="stable")]
+
+    return rows
+
+
+def write_table(spec: OutputSpec, indices: Sequence[tuple[int, ...]],
+                rows_of: Callable[[tuple[int, ...]], np.ndarray]) -> None:
     """OUTPUT/objects.parquet (and .csv) from the blocks' rows, in block order: with
     consecutive ids, that is id order."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from unet_tiles.pipeline.writer import OBJECTS_CSV, OBJECTS_TABLE, block_file, load_arrays
+    from unet_tiles.pipeline.writer import OBJECTS_CSV, OBJECTS_TABLE
 
     schema = None
     with _TableFile(spec.url, OBJECTS_TABLE) as sink:
         writer = None
         for index in indices:
-            stored = load_arrays(spec.url, block_file("objects", index))
-            if stored is None:
-                raise FileNotFoundError(f"the object rows of block {index} are missing")
-            table = pa.table(object_columns(stored["rows"], spec))
+            table = pa.table(object_columns(rows_of(index), spec))
             if writer is None:
                 schema = table.schema.with_metadata(_units(spec))
                 writer = pq.ParquetWriter(sink, schema)

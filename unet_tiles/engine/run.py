@@ -111,6 +111,13 @@ class SegmentRequest:
     consecutive: bool = True
     # The object table also as OUTPUT/objects.csv.
     objects_csv: bool = False
+    # Touching cells split by a seeded watershed (pipeline/split.py): "none", "border"
+    # (seeds: the instance classes without the class named border) or "probability"
+    # (seeds: pixels of at least seed_probability); a cell grows at most
+    # split_distance px from its seed.
+    split: str = "none"
+    seed_probability: float = 0.9
+    split_distance: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_kind", canonical_output(self.output_kind))
@@ -357,9 +364,17 @@ def validate(request: SegmentRequest) -> Run:
     wanted = output_names(request.output_kind)
     instances = None
     if "instances" in wanted:
+        border: tuple[int, ...] = ()
+        if request.split == "border":
+            if "border" not in config.class_names:
+                raise UsageError(f"`split` border needs a class named border; the model's "
+                                 f"classes are {', '.join(config.class_names) or 'unnamed'}: "
+                                 "use `split` probability")
+            border = (config.class_names.index("border"),)
         instances = InstanceSpec(
             parse_classes(request.instance_class, config.class_names, config.classes),
-            request.connectivity, request.min_size, request.consecutive)
+            request.connectivity, request.min_size, request.consecutive, request.split,
+            border, request.seed_probability, request.split_distance)
     spec = OutputSpec(
         url=request.output,
         axes=out_axes,

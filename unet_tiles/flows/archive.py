@@ -132,6 +132,9 @@ def segment_archive(
     min_size: int = 0,
     consecutive: bool = True,
     objects_csv: bool = False,
+    split: str = "none",
+    seed_probability: float = 0.9,
+    split_distance: int = 10,
     configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
@@ -165,7 +168,9 @@ def segment_archive(
                "label_name": label_name, "level": level,
                "shard": shard, "instance_class": instance_class,
                "connectivity": connectivity, "min_size": min_size, "consecutive": consecutive,
-               "objects_csv": objects_csv, "configuration": configuration}
+               "objects_csv": objects_csv, "split": split,
+               "seed_probability": seed_probability, "split_distance": split_distance,
+               "configuration": configuration}
     images = discover_step(root, output_root)
     planned = plan_step(images, output_root, options)
     todo = [o for o in planned if o.status == "todo"]

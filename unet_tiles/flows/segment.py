@@ -51,6 +51,9 @@ def segment_image(
     min_size: int = 0,
     consecutive: bool = True,
     objects_csv: bool = False,
+    split: str = "none",
+    seed_probability: float = 0.9,
+    split_distance: int = 10,
     configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
@@ -90,6 +93,7 @@ def segment_image(
             into_source=into_source, label_name=label_name, level=level,
             shard=shard, instance_class=instance_class, connectivity=connectivity,
             min_size=min_size, consecutive=consecutive, objects_csv=objects_csv,
+            split=split, seed_probability=seed_probability, split_distance=split_distance,
             configuration=configuration,
         )
         choice = cluster_choice(cluster, workers, threads_per_worker)

@@ -46,10 +46,27 @@ class InstanceSpec:
     connectivity: str = "1"
     min_size: int = 0
     consecutive: bool = True
+    # --split (pipeline/split.py): "none", or seeds flooded into touching cells;
+    # "border": seeds are the classes without these (the border class).
+    split: str = "none"
+    border_classes: tuple[int, ...] = ()
+    seed_probability: float = 0.9
+    split_distance: int = 10
 
     def __post_init__(self) -> None:
+        from unet_tiles.pipeline.split import SPLITS
+
         if not self.classes:
             raise UsageError("`instance_class` names no class to make instances of")
+        if self.split not in SPLITS:
+            raise UsageError(f"`split` {self.split!r} must be one of {', '.join(SPLITS)}")
+        if self.split == "border" and not set(self.classes) - set(self.border_classes):
+            raise UsageError("`split` border needs an instance class besides the border class")
+        if not 0 < self.seed_probability <= 1:
+            raise UsageError(f"`seed_probability` must be in (0, 1], got {self.seed_probability}")
+        if self.split_distance < 1:
+            raise UsageError(f"`split_distance` must be at least 1 px, got "
+                             f"{self.split_distance}")
         if self.connectivity not in CONNECTIVITIES:
             raise UsageError(f"`connectivity` {self.connectivity!r} must be one of "
                              f"{CONNECTIVITIES}")
@@ -61,9 +78,25 @@ class InstanceSpec:
         """Final ids: 1..N fit uint32; provisional ones (not consecutive) need uint64."""
         return "uint32" if self.consecutive else "uint64"
 
+    @property
+    def splits(self) -> bool:
+        return self.split != "none"
+
+    @property
+    def flood_classes(self) -> tuple[int, ...]:
+        """The classes a split floods (the seeds' and the border's)."""
+        return tuple(sorted(set(self.classes) | set(self.border_classes)))
+
+    @property
+    def seed_classes(self) -> tuple[int, ...]:
+        return tuple(c for c in self.classes if c not in self.border_classes)
+
     def to_dict(self) -> dict[str, Any]:
+        split: dict[str, Any] = {} if not self.splits else {
+            "split": self.split, "border_classes": list(self.border_classes),
+            "seed_probability": self.seed_probability, "split_distance": self.split_distance}
         return {"classes": list(self.classes), "connectivity": self.connectivity,
-                "min_size": self.min_size, "consecutive": self.consecutive}
+                "min_size": self.min_size, "consecutive": self.consecutive, **split}
 
 
 def parse_classes(given: str | None, class_names: Sequence[str], classes: int) -> tuple[int, ...]:

@@ -67,6 +67,9 @@ INSTANCES = "instances"
 WORK = "_instances"
 PROVISIONAL = f"{WORK}/provisional"
 RELABELLED = f"{WORK}/relabelled"
+# With --split: the probability seeds flood by, and the seeds' final ids.
+FLOOD = f"{WORK}/flood"
+SEEDS = f"{WORK}/seeds"
 OBJECTS_TABLE = "objects.parquet"
 OBJECTS_CSV = "objects.csv"
 
@@ -214,6 +217,11 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
                            shards=plan.shards, dtype="uint64", fill_value=0, **options)
         group.create_array(RELABELLED, shape=plan.grid, chunks=(1,) * len(plan.grid),
                            dtype="uint8", fill_value=0, **crc)
+        if spec.instances.splits:
+            group.create_array(FLOOD, shape=plan.shape, chunks=plan.chunks, shards=plan.shards,
+                               dtype="float16", fill_value=-1, **options)
+            group.create_array(SEEDS, shape=plan.shape, chunks=plan.chunks, shards=plan.shards,
+                               dtype=spec.instances.dtype, fill_value=0, **options)
     if layout is not None:
         if spec.want_labels:
             attrs.update(ome_output.label_image_attrs(layout, spec.class_names, spec.classes))
@@ -282,6 +290,19 @@ class OpenOutput:
     provisional: zarr.Array[Any] | None = None
     instances: zarr.Array[Any] | None = None
     url: str = ""
+    # With --split: what the seeds flood by, and the seeds' final ids.
+    flood: zarr.Array[Any] | None = None
+    seeds: zarr.Array[Any] | None = None
+
+
+@dataclass(frozen=True)
+class BlockInstances:
+    """The block pass's part of the instances: provisional ids, their sums, and with
+    --split the probability its seeds flood by (negative: not theirs to flood)."""
+
+    ids: np.ndarray
+    stats: np.ndarray
+    flood: np.ndarray | None = None
 
 
 def open_output(spec: OutputSpec, level: int = 0) -> OpenOutput:
@@ -291,6 +312,7 @@ def open_output(spec: OutputSpec, level: int = 0) -> OpenOutput:
 
     group = zarr.open_group(store=spec.url, mode="r+")
     lead = len(spec.axes) - spec.dims
+    splits = spec.instances is not None and spec.instances.splits
     return OpenOutput(
         labels=_array(group, spec.labels_path(level)) if spec.want_labels else None,
         probabilities=_array(group, spec.probabilities_path(level))
@@ -300,6 +322,8 @@ def open_output(spec: OutputSpec, level: int = 0) -> OpenOutput:
         provisional=_array(group, PROVISIONAL) if spec.want_instances and level == 0 else None,
         instances=_array(group, spec.instances_path(level)) if spec.want_instances else None,
         url=spec.url,
+        flood=_array(group, FLOOD) if splits and level == 0 else None,
+        seeds=_array(group, SEEDS) if splits and level == 0 else None,
     )
 
 
@@ -313,14 +337,15 @@ def _array(group: zarr.Group, path: str) -> zarr.Array[Any]:
 
 
 def write_block(output: OpenOutput, block: Block, result: BlockResult,
-                instances: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                instances: BlockInstances | None = None) -> None:
     """Write the block's chunks (and with ``instances``, its provisional ids and
     their sums), then its done-marker (never before)."""
     slices = block.write.to_slices()
     if output.provisional is not None and instances is not None:
-        ids, stats = instances
-        output.provisional[slices] = ids.reshape(block.write.shape)
-        save_arrays(output.url, block_file("stats", block.index), {"stats": stats})
+        output.provisional[slices] = instances.ids.reshape(block.write.shape)
+        if output.flood is not None and instances.flood is not None:
+            output.flood[slices] = instances.flood.reshape(block.write.shape)
+        save_arrays(output.url, block_file("stats", block.index), {"stats": instances.stats})
     if output.labels is not None and result.labels is not None:
         output.labels[slices] = result.labels.reshape(block.write.shape)
     if output.probabilities is not None and result.probabilities is not None:
