@@ -83,6 +83,26 @@ def test_a_rerun_skips_and_other_instance_settings_refuse(tmp_path: Path, model_
         segment(src, out, model_dir, output_kind="instances", min_size=4)
 
 
+def test_a_damaged_instance_chunk_is_found_and_the_rerun_redoes_the_output(
+        tmp_path: Path, model_dir: str) -> None:
+    from unet_tiles.pipeline.verify import verify_output
+
+    src = blobs(tmp_path / "img.zarr")
+    out = tmp_path / "out.zarr"
+    segment(src, str(out), model_dir, output_kind="instances")
+    before = (out / "objects.parquet").read_bytes()
+    chunk = next(p for p in sorted((out / "instances" / "c").rglob("*")) if p.is_file())
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    report = verify_output(str(out))
+    assert not report.ok
+    assert any("instances" in key for d in report.damage for key in d.keys)
+    segment(src, str(out), model_dir, output_kind="instances")
+    assert chunk.read_bytes() == good
+    assert (out / "objects.parquet").read_bytes() == before
+    assert verify_output(str(out)).ok
+
+
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_ome_instances_are_a_label_image_with_the_pyramid(tmp_path: Path, model_dir: str,
                                                           version: str) -> None:
@@ -109,6 +129,20 @@ def test_ome_instances_are_a_label_image_with_the_pyramid(tmp_path: Path, model_
     for row in table[:20]:
         assert row["centroid_x_micrometer"] == pytest.approx(row["centroid_x"] * 0.25)
         assert row["bbox_stop_y_micrometer"] == pytest.approx(row["bbox_stop_y"] * 0.25)
+
+
+def test_into_source_lists_the_instance_image_beside_the_labels(tmp_path: Path,
+                                                                model_dir: str) -> None:
+    src = ome_image(tmp_path / "img.zarr", "0.5", shape=(128, 140))
+    request = SegmentRequest(src, "", model_dir, output_kind="labels,instances", block_size=64,
+                             into_source=True)
+    validate(request).segment()
+    labels = zarr.open_group(f"{src}/labels", mode="r")
+    assert labels.attrs["ome"]["labels"] == ["unet-tiles", "unet-tiles/instances"]
+    image = zarr.open_group(f"{src}/labels/unet-tiles/instances", mode="r")
+    _, label_model = models("0.5")
+    label_model.from_zarr(image)
+    assert (tmp_path / "img.zarr" / "labels" / "unet-tiles" / "objects.parquet").exists()
 
 
 def test_stacks_through_a_2d_model_label_each_plane(tmp_path: Path, model_dir: str) -> None:

@@ -235,6 +235,13 @@ class Run:
             writer.remove_partial_files(url)
             # A done block whose chunks fail their check is redone (pipeline/verify.py).
             damaged = damaged_done_blocks(url, self.plan)
+            if damaged and self.job.output.want_instances:
+                # Instance ids depend on every block: the output is made again whole.
+                logger.warning("redoing %s whole: %d damaged block(s), and instance ids "
+                               "depend on every block", url, len(damaged))
+                writer.remove_output(url)
+                writer.create_output(self.job.output, self.plan, self.record)
+                return Decision("redo", "had damaged blocks")
             if damaged:
                 logger.warning("redoing %d damaged block(s) of %s: %s", len(damaged), url,
                                ", ".join(f"level {b.level} block {b.index}" for b in damaged))

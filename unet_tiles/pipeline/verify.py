@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from unet_tiles.errors import InputError
 from unet_tiles.pipeline.ome import level_paths
 from unet_tiles.pipeline.provenance import ATTRS_KEY, Provenance
-from unet_tiles.pipeline.writer import DONE, PROBABILITIES, PYRAMID
+from unet_tiles.pipeline.writer import DONE, INSTANCES, PROBABILITIES, PYRAMID
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -183,17 +183,20 @@ class _Scan:
     # -- which arrays ------------------------------------------------------------
 
     def _data_arrays(self) -> list[tuple[zarr.Array[Any], int]]:
-        """(array, level) for the labels and probabilities of every level."""
+        """(array, level) for the labels, probabilities and instances of every level;
+        instances only once complete (the passes after the blocks write them)."""
         fmt = str(self.record.parameters.get("format", "plain"))
         found: list[tuple[zarr.Array[Any], int]] = []
+        groups = [PROBABILITIES, *([INSTANCES] if self.record.complete else [])]
         if fmt == "plain":
-            for name in ("labels", PROBABILITIES):
+            for name in ("labels", *groups):
                 if name in set(self.group.array_keys()):
                     found.append((self.group[name], 0))  # type: ignore[arg-type]
             return found
         holders: list[tuple[Any, str]] = [(self.group, "")]
-        if PROBABILITIES in set(self.group.group_keys()):
-            holders.append((self.group[PROBABILITIES], f"{PROBABILITIES}/"))
+        for name in groups:
+            if name in set(self.group.group_keys()):
+                holders.append((self.group[name], f"{name}/"))
         for holder, _prefix in holders:
             for level, path in enumerate(level_paths(dict(holder.attrs))):
                 if path in set(holder.array_keys()):

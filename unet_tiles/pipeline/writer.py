@@ -235,21 +235,26 @@ def create_output(spec: OutputSpec, plan: BlockPlan, record: Provenance) -> None
                 layout.nested(), spec.class_names, spec.classes, name=INSTANCES,
                 with_properties=False))
         if spec.labels_group is not None:
-            _list_in_labels_group(spec.labels_group, spec.url, layout.version)
+            _list_in_labels_group(spec.labels_group, spec.url, layout.version,
+                                  with_instances=spec.instances is not None)
     # The record goes last: an output without it is not trusted by a rerun.
     group.attrs.update({**attrs, ATTRS_KEY: record.with_status("running").to_dict()})
 
 
-def _list_in_labels_group(labels_url: str, url: str, version: str) -> None:
-    """Add this output's name to its source image's ``labels`` group."""
+def _list_in_labels_group(labels_url: str, url: str, version: str,
+                          with_instances: bool = False) -> None:
+    """Add this output's name (and its instance image, ``NAME/instances``) to its
+    source image's ``labels`` group."""
     import zarr
 
     zarr_format: Literal[2, 3] = 2 if version == "0.4" else 3
     labels = zarr.open_group(store=labels_url, mode="a", zarr_format=zarr_format)
     names = ome_output.listed_labels(dict(labels.attrs))
     name = url.rstrip("/").rsplit("/", 1)[-1]
-    if name not in names:
-        labels.attrs.update(ome_output.labels_group_attrs(version, [*names, name]))
+    new = [n for n in (name, *([f"{name}/{INSTANCES}"] if with_instances else []))
+           if n not in names]
+    if new:
+        labels.attrs.update(ome_output.labels_group_attrs(version, [*names, *new]))
 
 
 def output_exists(url: str) -> bool:
