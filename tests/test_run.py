@@ -10,14 +10,14 @@ import pytest
 import zarr
 from helpers import write_zarr
 
-from unet_tiles.engine.run import SegmentRequest, _load_model_once, validate
+from unet_tiles.engine.run import SegmentRequest, _check_model_once, validate
 from unet_tiles.errors import OutputConflictError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_model_is_loaded_once_and_reloaded_when_its_files_change(
+def test_model_is_checked_once_and_again_when_its_files_change(
     tmp_path: Path, make_model: Any
 ) -> None:
     from unet_tiles import load_model
@@ -27,9 +27,9 @@ def test_model_is_loaded_once_and_reloaded_when_its_files_change(
     src = write_zarr(tmp_path / "in.zarr", np.zeros((40, 40), dtype="uint8"), (20, 20))
     request = SegmentRequest(src, str(tmp_path / "out.zarr"), str(model_dir))
     first = validate(request)
-    loads = _load_model_once.cache_info().misses
+    loads = _check_model_once.cache_info().misses
     again = validate(request)
-    assert _load_model_once.cache_info().misses == loads
+    assert _check_model_once.cache_info().misses == loads
     assert again.job.model_hash == first.job.model_hash
     changed = load_model(str(model_dir))
     with __import__("torch").no_grad():
@@ -37,7 +37,7 @@ def test_model_is_loaded_once_and_reloaded_when_its_files_change(
     save_model(changed, model_dir)
     os.utime(model_dir / "weights.safetensors", ns=(1, 1))  # a new stamp even within one tick
     assert validate(request).job.model_hash != first.job.model_hash
-    assert _load_model_once.cache_info().misses == loads + 1
+    assert _check_model_once.cache_info().misses == loads + 1
 
 
 def _request(tmp_path: Path, make_model: Any, **options: Any) -> SegmentRequest:
@@ -113,3 +113,26 @@ def test_unattended_runs_skip_redo_and_refuse(tmp_path: Path, make_model: Any) -
 def test_requests_name_their_parameters(options: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         SegmentRequest("in.zarr", "out.zarr", "model", **options)
+
+
+@pytest.mark.cluster
+def test_the_driver_never_imports_torch(tmp_path: Path, make_model: Any) -> None:
+    # Only workers load the model: a driver with torch holds ~180 MiB for nothing
+    # (bench/memory.py). Checked in a fresh interpreter, through the CLI's path.
+    import subprocess
+    import sys
+
+    src = write_zarr(tmp_path / "in.zarr", np.zeros((64, 64), dtype="uint8"), (32, 32))
+    code = (
+        "import sys\n"
+        "from unet_tiles.cli import main\n"
+        f"assert main(['segment', {src!r}, {str(tmp_path / 'out.zarr')!r}, '--model', "
+        f"{str(make_model(depth=1))!r}, '--workers', '1', '--no-progress', "
+        "'--output', 'labels,instances']) == 0\n"
+        "assert 'torch' not in sys.modules, 'the driver imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["unet_tiles"][
+        "status"] == "complete"

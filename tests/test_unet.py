@@ -85,3 +85,31 @@ def test_class_argmax_equals_torch_argmax_with_ties() -> None:
         logits = torch.randint(0, 3, (2, classes, 9, 11), generator=generator).float()
         logits = logits[..., 1:-1, 2:]  # cropped, non-contiguous as in predict
         assert torch.equal(class_argmax(logits).long(), logits.argmax(dim=1))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("norm", ["none", "batch"])
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_torch_free_geometry_and_tensors_are_the_networks(dims: int, padding: str, norm: str,
+                                                         depth: int) -> None:
+    # The driver plans and checks runs from model/geometry.py alone (no torch):
+    # it must be exactly the built network's arithmetic and state_dict.
+    from unet_tiles.model.geometry import UNetGeometry, expected_tensors
+
+    config = UNetConfig(dims=dims, padding=padding, norm=norm, depth=depth, base_channels=2,
+                        in_channels=2, classes=3)
+    model = build_unet(config)
+    geometry = UNetGeometry(config)
+    assert geometry.halo == model.halo
+    assert geometry.divisor == model.divisor
+    sizes = range(1, 200)
+    outputs = [model.output_size(n) for n in sizes]
+    assert [geometry.output_size(n) for n in sizes] == outputs
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
+        expected_tensors(config)
+    # And the arithmetic is what the network does: a valid input of each size.
+    n = geometry.valid_size(3 * geometry.divisor)
+    with torch.inference_mode():
+        out = model.eval()(torch.zeros((1, 2, *(n,) * dims)))
+    assert tuple(out.shape[2:]) == (geometry.output_size(n),) * dims

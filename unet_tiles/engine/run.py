@@ -53,7 +53,8 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from unet_tiles.engine.cluster import ClusterInfo
-    from unet_tiles.model.unet import UNet
+    from unet_tiles.model.config import UNetConfig
+    from unet_tiles.model.geometry import UNetGeometry
     from unet_tiles.pipeline.ome_output import OmeLayout
     from unet_tiles.pipeline.plan import BlockPlan
 
@@ -423,9 +424,30 @@ def validate(request: SegmentRequest) -> Run:
         configuration=dict(request.configuration or {})))
 
 
-def model_and_hash(model_dir: str) -> tuple[UNet, str]:
-    """The checked model and its hash, loaded once per process while its files
-    are unchanged: an archive run validates every image against one model."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver knows of a model: its config and shape arithmetic, never its
+    weights (workers load those; the driver does not even import torch)."""
+
+    config: UNetConfig
+    geometry: UNetGeometry
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        return self.geometry.halo
+
+    @property
+    def divisor(self) -> int:
+        return self.geometry.divisor
+
+    def valid_size(self, n: int) -> int:
+        return self.geometry.valid_size(n)
+
+
+def model_and_hash(model_dir: str) -> tuple[ModelInfo, str]:
+    """The checked model (``files.check_model``: config and weights header) and its
+    hash, once per process while its files are unchanged: an archive run validates
+    every image against one model."""
     from unet_tiles.model.files import CONFIG_NAME, WEIGHTS_NAME
 
     path = Path(model_dir)
@@ -435,16 +457,18 @@ def model_and_hash(model_dir: str) -> tuple[UNet, str]:
             info = (path / name).stat()
             stamp.append((info.st_mtime_ns, info.st_size))
         except OSError:
-            stamp.append(None)  # load_model names what is missing
-    return _load_model_once(str(path.resolve()), tuple(stamp))
+            stamp.append(None)  # check_model names what is missing
+    return _check_model_once(str(path.resolve()), tuple(stamp))
 
 
 @functools.lru_cache(maxsize=2)
-def _load_model_once(model_dir: str, stamp: tuple[Any, ...]) -> tuple[UNet, str]:
-    from unet_tiles.model.files import load_model, model_hash
+def _check_model_once(model_dir: str, stamp: tuple[Any, ...]) -> tuple[ModelInfo, str]:
+    from unet_tiles.model.files import check_model, model_hash
+    from unet_tiles.model.geometry import UNetGeometry
 
     del stamp
-    return load_model(model_dir), model_hash(model_dir)
+    config = check_model(model_dir)
+    return ModelInfo(config, UNetGeometry(config)), model_hash(model_dir)
 
 
 def segment(request: SegmentRequest, cluster: str = "local", workers: int | None = None,

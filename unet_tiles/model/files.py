@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from unet_tiles.errors import ModelFormatError
 
 if TYPE_CHECKING:
-    from unet_tiles.model.unet import UNet, UNetConfig
+    from unet_tiles.model.config import UNetConfig
+    from unet_tiles.model.unet import UNet
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -57,7 +58,7 @@ def config_to_dict(config: UNetConfig) -> dict[str, Any]:
 
 def config_from_dict(data: Any, where: str = "config.json") -> UNetConfig:
     """Parse and check a config dict; every problem is one ``ModelFormatError`` line."""
-    from unet_tiles.model.unet import UNetConfig
+    from unet_tiles.model.config import UNetConfig
 
     def bad(what: str) -> ModelFormatError:
         return ModelFormatError(f"{where}: {what}")
@@ -147,6 +148,85 @@ def read_config(directory: str | os.PathLike[str]) -> UNetConfig:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{config_path}: not valid JSON ({exc})") from None
     return config_from_dict(data, str(config_path))
+
+
+# Bytes per element of the safetensors dtypes a model's weights may use.
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                "U8": 1, "BOOL": 1}
+MAX_HEADER_BYTES = 100 << 20
+
+
+def check_model(directory: str | os.PathLike[str]) -> UNetConfig:
+    """What ``load_model`` checks, without torch and without reading the weights:
+    the config, and the weights file's header (names, shapes, byte ranges) against
+    the architecture (``model/geometry.expected_tensors``). The driver plans and
+    validates a run from this; the workers load the model."""
+    from unet_tiles.model.geometry import expected_tensors
+
+    path = Path(directory)
+    config = read_config(path)
+    weights_path = path / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise ModelFormatError(f"{weights_path}: missing; a model directory needs {WEIGHTS_NAME}")
+    size = weights_path.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise ModelFormatError(f"{weights_path}: larger than {MAX_WEIGHTS_BYTES} bytes")
+    shapes = _safetensors_shapes(weights_path, size)
+    expected = expected_tensors(config)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        raise ModelFormatError(
+            f"{weights_path}: weights do not match config.json "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "the files belong to different models"
+        )
+    for name, shape in shapes.items():
+        if shape != expected[name]:
+            raise ModelFormatError(
+                f"{weights_path}: tensor {name!r} has shape {shape}, config.json "
+                f"implies {expected[name]}; the files belong to different models"
+            )
+    return config
+
+
+def _safetensors_shapes(path: Path, size: int) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (8-byte length, then JSON)."""
+    def corrupt(why: str) -> ModelFormatError:
+        return ModelFormatError(f"{path}: corrupt or truncated safetensors file ({why}); "
+                                "re-export the model")
+
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise corrupt("no header")
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise corrupt(f"header of {length} bytes in a file of {size}")
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise corrupt(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise corrupt("header is not a JSON object")
+    data_bytes = size - 8 - length
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            shape = tuple(int(n) for n in entry["shape"])
+            begin, end = (int(n) for n in entry["data_offsets"])
+            itemsize = _DTYPE_BYTES[entry["dtype"]]
+        except (KeyError, TypeError, ValueError):
+            raise corrupt(f"bad header entry for {name!r}") from None
+        count = 1
+        for n in shape:
+            count *= n
+        if not 0 <= begin <= end <= data_bytes or end - begin != count * itemsize:
+            raise corrupt(f"tensor {name!r} lies outside the file")
+        shapes[name] = shape
+    return shapes
 
 
 def load_model(directory: str | os.PathLike[str], device: str = "cpu") -> UNet:

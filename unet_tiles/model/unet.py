@@ -1,7 +1,8 @@
 """The U-Net of Ronneberger et al. (2015), 2D or 3D, valid or same padding.
 
-Shape arithmetic (``halo``, ``valid_size``) is derived by walking the layers the
-network is built from, so it cannot drift from the architecture::
+Shape arithmetic (``halo``, ``valid_size``) is ``model/geometry.py``'s, without
+torch, and every UNet checks at construction that its layers are what that
+arithmetic assumes, so it cannot drift from the architecture::
 
     input n ──conv3x3──conv3x3──┐ skip (centre-cropped) ┌──conv3x3──conv3x3── output
                      pool 2     │                       │ up-conv 2
@@ -15,78 +16,18 @@ tiler gives it so that cropped tiles nearly match a whole-image run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from unet_tiles.errors import ModelFormatError
+# The architecture's description and its shape arithmetic live without torch
+# (the driver plans a run from them); UNet checks itself against the arithmetic.
+from unet_tiles.model.config import UNetConfig
+from unet_tiles.model.geometry import UNetGeometry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-
-PADDINGS = ("valid", "same")
-NORMS = ("none", "batch")
-MAX_DEPTH = 8
-MAX_CHANNELS = 2048
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture and input normalisation of a U-Net.
-
-    ``input_offset``/``input_scale`` hold one value per input channel; forward
-    computes ``(x - offset) * scale``. They are fixed at training time so every
-    tile sees the same function of its pixels.
-    """
-
-    dims: int = 2
-    in_channels: int = 1
-    classes: int = 2
-    depth: int = 4
-    base_channels: int = 64
-    padding: str = "valid"
-    norm: str = "none"
-    dropout: float = 0.0
-    input_offset: tuple[float, ...] = (0.0,)
-    input_scale: tuple[float, ...] = (1.0,)
-    class_names: tuple[str, ...] = ()
-    training: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        def bad(what: str) -> ModelFormatError:
-            return ModelFormatError(f"invalid model config: {what}")
-
-        if self.dims not in (2, 3):
-            raise bad(f"dims must be 2 or 3, got {self.dims}")
-        if self.padding not in PADDINGS:
-            raise bad(f"padding must be one of {PADDINGS}, got {self.padding!r}")
-        if self.norm not in NORMS:
-            raise bad(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if not 1 <= self.depth <= MAX_DEPTH:
-            raise bad(f"depth must be 1..{MAX_DEPTH}, got {self.depth}")
-        for name in ("in_channels", "classes", "base_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 1 <= value <= MAX_CHANNELS:
-                raise bad(f"{name} must be an integer in 1..{MAX_CHANNELS}, got {value!r}")
-        if self.classes < 2:
-            raise bad(f"classes must be at least 2 (background + one class), got {self.classes}")
-        if self.base_channels * 2**self.depth > 16 * MAX_CHANNELS:
-            raise bad(
-                f"base_channels * 2**depth = {self.base_channels * 2**self.depth} is too large"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise bad(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("input_offset", "input_scale"):
-            value = getattr(self, name)
-            if len(value) not in (1, self.in_channels):
-                raise bad(f"{name} needs 1 or {self.in_channels} values, got {len(value)}")
-        if self.class_names and len(self.class_names) != self.classes:
-            raise bad(f"{len(self.class_names)} class_names for {self.classes} classes")
-
-    def with_(self, **changes: Any) -> UNetConfig:
-        return replace(self, **changes)
+    from collections.abc import Sequence
 
 
 class ConvBlock(nn.Module):
@@ -165,52 +106,35 @@ class UNet(nn.Module):
         shape = (1, config.in_channels) + (1,) * dims
         self.register_buffer("input_offset", torch.tensor(offset).reshape(shape), persistent=False)
         self.register_buffer("input_scale", torch.tensor(scale).reshape(shape), persistent=False)
-        self.halo: tuple[int, ...] = (self._halo_1d(),) * dims
+        self.geometry = UNetGeometry(config)
+        self._check_geometry()
+        self.halo: tuple[int, ...] = self.geometry.halo
 
-    # -- shape arithmetic -------------------------------------------------
+    # -- shape arithmetic (model/geometry.py) ------------------------------
 
     @property
     def divisor(self) -> int:
         """Tiles start at multiples of this from the padded origin (the pooling grid)."""
-        return int(self.pool_factor**self.config.depth)
+        return self.geometry.divisor
 
     def output_size(self, n: int) -> int | None:
         """Output size along one axis for input size ``n``, or None if ``n`` is invalid."""
-        return self._walk(n, lambda block: block.shrink())
+        return self.geometry.output_size(n)
 
     def valid_size(self, n: int) -> int:
         """The smallest valid input size ``>= n`` along one axis."""
-        m = max(int(n), 1)
-        while self.output_size(m) is None:
-            m += 1
-        return m
+        return self.geometry.valid_size(n)
 
-    def _walk(self, n: int, loss: Callable[[ConvBlock], int]) -> int | None:
-        size = n
-        encoders: list[ConvBlock] = list(self.encoders)  # type: ignore[arg-type]
-        decoders: list[ConvBlock] = list(self.decoders)  # type: ignore[arg-type]
-        for encoder in encoders[:-1]:
-            size -= loss(encoder)
-            if size <= 0 or size % self.pool_factor:
-                return None
-            size //= self.pool_factor
-        size -= loss(encoders[-1])
-        if size <= 0:
-            return None
-        for decoder in decoders:
-            size = size * self.pool_factor - loss(decoder)
-            if size <= 0:
-                return None
-        return size
-
-    def _halo_1d(self) -> int:
-        # Walking with each block's full context (what a valid convolution
-        # would lose) gives the receptive-field radius for either padding;
-        # for valid padding it is exactly the pixels lost per side.
-        m = 1
-        while (out := self._walk(m, lambda block: block.context())) is None:
-            m += 1
-        return (m - out) // 2
+    def _check_geometry(self) -> None:
+        # The arithmetic is kept without torch for the driver; the modules built
+        # here must be what it assumes, or the tiling would be wrong.
+        blocks: list[ConvBlock] = [*self.encoders, *self.decoders]
+        for block in blocks:
+            if (block.context(), block.shrink()) != (self.geometry.block_context,
+                                                     self.geometry.block_shrink):
+                raise RuntimeError("UNet's conv blocks differ from model/geometry.py")
+        if self.pool_factor != 2:
+            raise RuntimeError("UNet's pooling differs from model/geometry.py")
 
     # -- forward ----------------------------------------------------------
 
@@ -258,3 +182,7 @@ def init_weights(model: UNet, seed: int | None = None) -> UNet:
 def build_unet(config: UNetConfig, seed: int | None = None) -> UNet:
     """A randomly (He-)initialised U-Net in eval mode."""
     return init_weights(UNet(config), seed).eval()
+
+
+# UNetConfig is re-exported: "from unet_tiles.model.unet import UNetConfig, build_unet".
+__all__ = ["ConvBlock", "UNet", "UNetConfig", "build_unet", "init_weights"]

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 class ModelGeometry(Protocol):
-    halo: tuple[int, ...]
+    @property
+    def halo(self) -> tuple[int, ...]: ...
 
     @property
     def divisor(self) -> int: ...
