@@ -6,6 +6,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "unet_tiles" / "demo" / "model"
 
@@ -37,13 +38,29 @@ def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
+def _role(proc: Any, me: Any) -> str:
+    """What a process is to a benchmark: this one, the run's process (the driver,
+    with a LocalCluster's scheduler and nannies, which live in it), the dask
+    workers (processes multiprocessing spawned), or multiprocessing's helpers."""
+    if proc.pid == me.pid:
+        return "bench"
+    line = " ".join(proc.cmdline())
+    if "spawn_main" in line:
+        return "workers"
+    if "multiprocessing" in line:
+        return "helpers"
+    return "driver"
+
+
 class RssSamples:
     """(time, summed RSS of this process and all its children: scheduler, nannies,
     workers) every ``interval_s``, in a background thread, while in a ``with``."""
 
-    def __init__(self, interval_s: float = 0.05) -> None:
+    def __init__(self, interval_s: float = 0.05, include_self: bool = True) -> None:
         self.interval_s = interval_s
+        self.include_self = include_self
         self.samples: list[tuple[float, int]] = []
+        self.roles: list[dict[str, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -53,13 +70,25 @@ class RssSamples:
         me = psutil.Process()
         while not self._stop.is_set():
             total = 0
-            for proc in [me, *me.children(recursive=True)]:
+            by_role: dict[str, int] = {}
+            for proc in [me, *me.children(recursive=True)][0 if self.include_self else 1:]:
                 try:
-                    total += proc.memory_info().rss
+                    rss = proc.memory_info().rss
+                    role = _role(proc, me)
                 except psutil.Error:
-                    pass
+                    continue
+                total += rss
+                by_role[role] = by_role.get(role, 0) + rss
             self.samples.append((time.monotonic(), total))
+            self.roles.append(by_role)
             time.sleep(self.interval_s)
+
+    def roles_at_peak(self) -> dict[str, int]:
+        """Bytes per kind of process (``_role``) in the sample of the summed peak."""
+        if not self.samples:
+            return {}
+        at = max(range(len(self.samples)), key=lambda i: self.samples[i][1])
+        return self.roles[at]
 
     @property
     def peak_bytes(self) -> int:

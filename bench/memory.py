@@ -1,52 +1,135 @@
-"""Peak memory of a whole segment run for two image sizes, side by side.
+"""Peak memory of unet-tiles against a plain ``dask.array.map_overlap`` pipeline, one run.
 
-    python bench/memory.py [--sizes 8192 16384] [--model DIR]
+    python bench/memory.py [--size 8192] [--depth 3] [--base-channels 16] [--tile-size N]
 
-Samples the summed resident memory (RSS) of this process and all its children
-(scheduler, nannies, workers) every 50 ms while ``unet-tiles segment`` runs
-with default settings on generated uint8 images. Bounded memory
-(DESIGN.md invariant 2) shows as peaks that do not grow with the image.
+Both segment the same generated SIZE x SIZE uint8 zarr image with the same seeded
+U-Net on a 2-worker, 1-thread-per-worker local cluster, zarr in, labels zarr out:
+
+* ``unet-tiles``: ``unet_tiles.segment`` with its defaults;
+* ``map_overlap``: ``da.from_zarr(...).map_overlap(model on each overlapped 1024 px
+  chunk, padded to a valid size, depth=halo, boundary="reflect").to_zarr(...)``,
+  the pipeline users write by hand (not seamless: dask's reflect is numpy's
+  symmetric, and chunks are not on the pooling grid; only its memory matters here).
+
+Each runs in a fresh process; the summed RSS of that process and all its children
+(driver, scheduler, nannies, workers; not this one, which made the model and the
+image) is sampled every 50 ms. Prints both peaks,
+where each peak sits (driver with its in-process scheduler, nannies, workers), and
+their ratio. (``bench/memory_sizes.py``: unet-tiles' peak for two image sizes.)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 from common import RssSamples, synthetic_input, workdir
 
 
+@functools.lru_cache(maxsize=1)
+def _model(model_dir: str) -> Any:
+    import torch
+
+    from unet_tiles.model.files import load_model
+
+    torch.set_num_threads(1)
+    return load_model(model_dir)
+
+
+def _predict_chunk(block: Any, model_dir: str, halo: int) -> Any:
+    import numpy as np
+    import torch
+
+    model = _model(model_dir)
+    n0, n1 = block.shape
+    pads = ((0, model.valid_size(n0) - n0), (0, model.valid_size(n1) - n1))
+    x = np.pad(block.astype(np.float32), pads, mode="reflect")
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(x)[None, None])[0]
+    labels = logits.argmax(0).numpy().astype(np.uint8)
+    out = np.zeros((n0, n1), np.uint8)  # map_overlap trims the halo afterwards
+    out[halo:halo + labels.shape[0], halo:halo + labels.shape[1]] = \
+        labels[: n0 - halo, : n1 - halo]
+    return out
+
+
+def run_map_overlap(src: str, out: str, model_dir: str) -> None:
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from unet_tiles.model.files import read_config
+    from unet_tiles.model.unet import UNet
+
+    halo = UNet(read_config(model_dir)).halo[0]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        image = da.from_zarr(src)
+        labels = image.map_overlap(_predict_chunk, depth=halo, boundary="reflect",
+                                   dtype="uint8", model_dir=model_dir, halo=halo)
+        labels.to_zarr(out, overwrite=True)
+
+
+def run_unet_tiles(src: str, out: str, model_dir: str, tile: int | None = None) -> None:
+    from unet_tiles import segment
+
+    segment(src, out, model_dir, cluster="cpu", workers=2, threads_per_worker=1,
+            progress=False, tile_size=tile)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[8192, 16384])
-    parser.add_argument("--model", default=None,
-                        help="model directory (default: a small depth-2 model, for speed)")
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="unet-tiles' tile size (default: its own)")
+    parser.add_argument("--only", choices=("unet-tiles", "map_overlap"), default=None,
+                        help="measure one side only")
+    parser.add_argument("--mode", choices=("unet-tiles", "map_overlap"), default=None,
+                        help=argparse.SUPPRESS)  # one side, in its own process
+    parser.add_argument("--paths", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from unet_tiles import segment
+    if args.mode is not None:
+        src, out, model = args.paths
+        if args.mode == "unet-tiles":
+            run_unet_tiles(src, out, model, args.tile_size)
+        else:
+            run_map_overlap(src, out, model)
+        return
     from unet_tiles.model.files import save_model
     from unet_tiles.model.unet import UNetConfig, build_unet
 
-    work = workdir("unet-tiles-memory-")
-    model = args.model or str(save_model(
-        build_unet(UNetConfig(depth=2, base_channels=4, input_scale=(1 / 255,)), seed=0),
-        work / "model",
-    ))
-    results = []
-    for size in args.sizes:
-        src = synthetic_input(work, size)
-        with RssSamples() as peak:
-            summary = segment(src, str(work / f"out{size}.zarr"), model, progress=False)
-        results.append((size, peak.peak_bytes / 2**20, summary))
-        print(f"{size} x {size} ({size * size / 1e6:.0f} Mpx): peak RSS of all processes "
-              f"{peak.peak_bytes / 2**20:.0f} MiB, {summary.blocks_done} blocks, "
-              f"{summary.seconds:.0f} s", flush=True)
-        shutil.rmtree(work / f"out{size}.zarr", ignore_errors=True)
-        shutil.rmtree(work / f"image{size}.zarr", ignore_errors=True)
-        shutil.rmtree(work / f"truth{size}.zarr", ignore_errors=True)
-    (small, small_mib, _), (large, large_mib, _) = results[0], results[-1]
-    print(f"peak MiB: {small}^2 -> {small_mib:.0f}, {large}^2 -> {large_mib:.0f}; "
-          f"image {large * large / (small * small):.0f}x larger, memory "
-          f"{large_mib / small_mib:.2f}x")
+    work = workdir("unet-tiles-memory-vs-")
+    model = str(save_model(build_unet(UNetConfig(depth=args.depth,
+                                                 base_channels=args.base_channels,
+                                                 input_scale=(1 / 255,)), seed=0),
+                           work / "model"))
+    src = synthetic_input(work, args.size)
+    peaks: dict[str, float] = {}
+    tile = [] if args.tile_size is None else ["--tile-size", str(args.tile_size)]
+    for mode in (args.only,) if args.only else ("unet-tiles", "map_overlap"):
+        out = work / f"{mode}.zarr"
+        started = time.perf_counter()
+        # The children only: this process made the model and the image.
+        with RssSamples(include_self=False) as rss:
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--mode", mode,
+                            "--paths", src, str(out), model, *tile], check=True)
+        peaks[mode] = rss.peak_bytes / 2**20
+        roles = ", ".join(f"{role} {size / 2**20:.0f}" for role, size in
+                          sorted(rss.roles_at_peak().items()) if role != "bench")
+        print(f"{mode:12s} peak RSS of all processes {peaks[mode]:6.0f} MiB "
+              f"({time.perf_counter() - started:.0f} s); at the peak, MiB: {roles}", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+    if len(peaks) == 2:
+        print(f"{args.size} x {args.size}, depth {args.depth}, {args.base_channels} base "
+              f"channels: unet-tiles / map_overlap peak = "
+              f"{peaks['unet-tiles'] / peaks['map_overlap']:.2f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -213,3 +213,35 @@ def test_cached_model_loads_once_per_hash(make_model: Callable[..., Path]) -> No
     assert cached_model(model_dir, "hash-a", "cpu") is first
     assert cached_model(model_dir, "hash-b", "cpu") is not first
     assert not first.training
+
+
+class _SmallDevice(torch.nn.Module):
+    """The real model on a device that holds at most ``most`` tiles at once: a larger
+    batch raises the out-of-memory error a GPU raises (no GPU here to run out)."""
+
+    def __init__(self, model: UNet, most: int) -> None:
+        super().__init__()
+        self.model, self.most, self.batches = model, most, []
+        self.config, self.halo = model.config, model.halo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(int(x.shape[0]))
+        if x.shape[0] > self.most:
+            raise torch.OutOfMemoryError("CUDA out of memory (a device of two tiles)")
+        return self.model(x)  # type: ignore[no-any-return]
+
+
+def test_out_of_memory_halves_the_batch_and_changes_no_result(
+        tmp_path: Path, make_model: Callable[..., Path]) -> None:
+    model = load_model(str(make_model(depth=2, base_channels=4)))
+    image = np.random.default_rng(3).integers(0, 255, (90, 120)).astype(np.uint8)
+    window, block = _window(tmp_path, image, model, 128, 24, (0, 0))
+    small = _SmallDevice(model, most=2)
+    halved = _predict(small, window, block, batch_size=8)  # type: ignore[arg-type]
+    assert small.batches[:3] == [8, 4, 2]  # 8, then 4 fail; 2 from then on
+    assert set(small.batches[2:]) <= {1, 2}
+    two = _predict(model, window, block, batch_size=2)
+    np.testing.assert_array_equal(halved.labels, two.labels)
+    np.testing.assert_array_equal(halved.probabilities, two.probabilities)
+    with pytest.raises(torch.OutOfMemoryError):
+        _predict(_SmallDevice(model, most=0), window, block, batch_size=4)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ returns a few numbers; no pixels pass through the client or the scheduler.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -45,6 +46,9 @@ class BlockJob:
     allow_missing_chunks: bool = False
     # With instances: the plan, whose grid numbers every block's ids (pipeline/instances.py).
     plan: BlockPlan | None = None
+    # A tile's input size (the plan's first block's): a GPU worker runs one batch of
+    # them before its first block, so kernel selection is not the first block's time.
+    warm_tile: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -130,8 +134,31 @@ def warm_worker(job: BlockJob) -> None:
 
     _set_torch_threads(job)
     # "cuda:worker" picks the GPU from the task's worker, known only inside a task.
-    if job.device != "cuda:worker":
-        cached_model(job.model_dir, job.model_hash, pick_device(job.device))
+    if job.device == "cuda:worker":
+        return
+    device = pick_device(job.device)
+    model = cached_model(job.model_dir, job.model_hash, device)
+    if device.startswith("cuda") and job.warm_tile is not None:
+        _warm_gpu(model, job, device)
+
+
+def _warm_gpu(model: Any, job: BlockJob, device: str) -> None:
+    """The CUDA context, cuDNN's choice of kernels for the plan's tile shape and the
+    batch that fills the device, before the first block (bench/gpu.py measures it)."""
+    import torch
+
+    from unet_tiles.pipeline.predict import auto_batch, device_lock
+
+    assert job.warm_tile is not None
+    # Every tile of a block has one shape, and most blocks share it: autotuning pays.
+    torch.backends.cudnn.benchmark = True
+    batch = job.batch_size or auto_batch(model, job.warm_tile, device)
+    x = torch.zeros((batch, model.config.in_channels, *job.warm_tile), device=device)
+    autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if job.amp \
+        else contextlib.nullcontext()
+    with device_lock(device), torch.inference_mode(), autocast:
+        model(x)
+    torch.cuda.synchronize(device)
 
 
 def _set_torch_threads(job: BlockJob) -> None:

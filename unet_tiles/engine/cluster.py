@@ -247,7 +247,11 @@ def _local_cuda(workers: int | None,
         resources={"GPU": threads},
         silence_logs=logging.CRITICAL,
     ) as cluster, Client(cluster) as client:
-        yield client, ClusterInfo("cuda", workers or gpus, threads, None, {"GPU": 1})
+        # torch's CPU threads (tile stacking, host work) shared among the GPU workers,
+        # not each taking every core.
+        cores = len(os.sched_getaffinity(0))
+        yield client, ClusterInfo("cuda", workers or gpus, threads,
+                                  max(1, cores // (workers or gpus)), {"GPU": 1})
 
 
 @contextlib.contextmanager

@@ -69,8 +69,11 @@ OUTPUT_KINDS = ("labels", "probabilities", "both", "instances", "labels,instance
 OUTPUT_FORMATS = ("auto", "plain", "ome")
 PROBABILITY_DTYPES = ("float16", "float32")
 # Defaults measured with bench/throughput.py on 2 CPU cores (bench/README.md).
+# 2D tiles of 512 px: as fast as 1024 or faster on CPU for the demo, a depth-3
+# 16-channel and the paper's U-Net, at under half the activations' memory
+# (bench/memory.py, "Memory" in bench/README.md).
 DEFAULT_BLOCK = {2: 2048, 3: 128}
-DEFAULT_TILE = {2: 1024, 3: 96}
+DEFAULT_TILE = {2: 512, 3: 96}
 
 
 @dataclass(frozen=True)
@@ -418,7 +421,8 @@ def validate(request: SegmentRequest) -> Run:
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
                    model_hash=digest, batch_size=request.batch_size, device=request.device,
                    run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks,
-                   plan=plan if instances is not None else None)
+                   plan=plan if instances is not None else None,
+                   warm_tile=tuple(t.size_in for t in next(iter(plan)).tiles))
     return Run(request, source, plan, job, Provenance(
         __version__, digest, parameters, input_identity,
         configuration=dict(request.configuration or {})))
