@@ -15,6 +15,9 @@ base channels), in one run on one device:
   needed ``--model-seconds``; end-to-end Mpx/s over those runs, and its ratio to
   model-only. Targets (issue 12): at least 0.85 for the paper's U-Net, 0.5 for the
   demo model, start-up under 15 s.
+
+On CPU (``--cluster cpu``) the model-only figure is one torch thread's while the
+cluster uses every core: a check that the script runs, not a measurement.
 """
 
 from __future__ import annotations
