@@ -56,11 +56,11 @@ KILLER = textwrap.dedent('''
             def __setitem__(self, key, value):
                 die()
 
-        def write_block(output, block, result):
+        def write_block(output, block, result, *instances):
             if block.id == target:  # all data chunks written, then killed before the marker
                 output = writer.OpenOutput(output.labels, output.probabilities, DieOnDone(),
                                            output.channel_index)
-            return real(output, block, result)
+            return real(output, block, result, *instances)
 
         writer.write_block = write_block
     else:  # "inside-write": half of a chunk's bytes reach zarr's temporary file

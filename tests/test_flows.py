@@ -155,7 +155,8 @@ def test_segment_image_retries_transient_io_and_reports(
     with using(prefect_server):
         state = segment.segment_image(
             input=str(tmp_path / "in.zarr"), output=str(tmp_path / "out.zarr"),
-            model_dir=model_dir, cluster="cpu", workers=1, return_state=True)
+            model_dir=model_dir, cluster="cpu", workers=1, output_kind="labels,instances",
+            return_state=True)
         assert state.is_completed(), state.message
         summary = state.result()
         artifacts = _artifacts(state.state_details.flow_run_id)
@@ -170,6 +171,11 @@ def test_segment_image_retries_transient_io_and_reports(
     assert row["model hash"] == summary["model_hash"][:12]
     assert {"blocks done", "blocks skipped", "seconds", "Mpx/s"} <= set(row)
     assert artifacts["progress"].data == 100.0
+    # The report gives the object count of --output instances: the table's rows.
+    import pyarrow.parquet as pq
+
+    objects = pq.read_table(str(tmp_path / "out.zarr" / "objects.parquet")).num_rows
+    assert row["objects"] == summary["objects"] == objects
 
 
 @pytest.mark.prefect

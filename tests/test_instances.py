@@ -79,8 +79,18 @@ def test_instances_equal_scipy_label_of_the_whole_image(tmp_path_factory: pytest
     # Consecutive: exactly 1..N, in the table's order.
     assert sorted(np.unique(ours[ours > 0]).tolist()) == list(range(1, n + 1))
     assert table.column("id").to_pylist() == list(range(1, n + 1))
-    counts = np.bincount(ours.ravel(), minlength=n + 1)[1:]
-    assert table.column("count").to_pylist() == counts.tolist()
+    # Every row is the whole image's measurement of its object (regionprops).
+    from skimage.measure import regionprops
+
+    axes = "zyx"[3 - dims:]
+    rows = {r["id"]: r for r in table.to_pylist()}
+    for region in regionprops(ours.astype(np.int64)):
+        row = rows[region.label]
+        assert row["count"] == region.area
+        for k, axis in enumerate(axes):
+            assert row[f"centroid_{axis}"] == pytest.approx(region.centroid[k], abs=1e-9)
+            assert row[f"bbox_start_{axis}"] == region.bbox[k]
+            assert row[f"bbox_stop_{axis}"] == region.bbox[dims + k]
 
 
 def test_one_pixel_diagonal_bridges_across_block_corners(tmp_path: Path) -> None:

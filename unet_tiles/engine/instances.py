@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unet_tiles.engine.faults import with_retries
-from unet_tiles.errors import BlockFailedError
+from unet_tiles.engine.tasks import run_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -206,7 +206,8 @@ def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> 
     started = time.perf_counter()
     indices = [b.index for b in plan]
     faces_todo = [i for i in indices if load_arrays(spec.url, block_file("faces", i)) is None]
-    _run(client, [(faces_task, (spec, plan, i)) for i in faces_todo], "finding touching objects")
+    run_tasks(client, [(faces_task, (spec, plan, i), i) for i in faces_todo],
+              "finding touching objects")
     faces = []
     for i in indices:
         stored = load_arrays(spec.url, block_file("faces", i))
@@ -217,12 +218,12 @@ def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> 
     del faces
     done = np.asarray(zarr.open_array(store=spec.url, path=RELABELLED, mode="r")[...]) \
         .astype(bool)
-    relabel_todo = [(relabel_task, (spec, plan, i, merged.relabels[n]))
-                    for n, i in enumerate(indices) if not done[i]]
-    _run(client, relabel_todo, "relabelling")
+    run_tasks(client, [(relabel_task, (spec, plan, i, merged.relabels[n]), i)
+                       for n, i in enumerate(indices) if not done[i]], "relabelling")
     if spec.instances.splits:
         grow_todo = [i for i in indices if load_arrays(spec.url, block_file("grown", i)) is None]
-        _run(client, [(grow_task, (spec, plan, i)) for i in grow_todo], "growing seeds")
+        run_tasks(client, [(grow_task, (spec, plan, i), i) for i in grow_todo],
+                  "growing seeds")
         owner = _owner(spec, plan, [merged.relabels[n].base for n in range(len(indices))])
         write_table(spec, indices, grown_rows(spec, indices, owner))
     else:
@@ -384,32 +385,6 @@ def _read_back(url: str, name: str) -> Any:
 
     with fsspec.open(f"{url.rstrip('/')}/{name}", "rb") as f:
         return pq.read_table(f)
-
-
-def _run(client: Client | None, tasks: list[tuple[Callable[..., int], tuple[Any, ...]]],
-         what: str) -> None:
-    """Run ``(function, args)`` tasks here in order or on the cluster; all failures
-    are gathered and named once."""
-    if client is None:
-        for function, args in tasks:
-            function(*args)
-        return
-    from distributed import wait
-
-    token = f"{time.monotonic_ns():x}"
-    futures = [client.submit(function, *args, pure=False,
-                             key=f"{function.__name__}-{'.'.join(map(str, args[2]))}-{token}")
-               for function, args in tasks]
-    wait(futures)
-    failed = [(args[2], f) for (_, args), f in zip(tasks, futures, strict=True)
-              if f.status != "finished"]
-    if failed:
-        index, future = failed[0]
-        error: Any = future.exception()
-        raise BlockFailedError(
-            f"{what}: {len(failed)} of {len(tasks)} blocks failed; first: block "
-            f"{'.'.join(map(str, index))}: {type(error).__name__}: {error}. Rerun the same "
-            "command to finish", [{"index": list(i)} for i, _ in failed])
 
 
 __all__ = ["faces_task", "label_result", "make_instances", "relabel_task", "write_table"]

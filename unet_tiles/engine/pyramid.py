@@ -8,11 +8,10 @@ resumes its pyramid; the result is the same bytes either way.
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from unet_tiles.engine.faults import with_retries
-from unet_tiles.errors import BlockFailedError
+from unet_tiles.engine.tasks import run_tasks
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -48,8 +47,6 @@ def process_level_block(spec: OutputSpec, level: int, index: tuple[int, ...], bo
 
 def build_pyramid(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> int:
     """Every pyramid level's blocks not yet done; the pixels written."""
-    from distributed import wait
-
     from unet_tiles.pipeline.pyramid import level_blocks
     from unet_tiles.pipeline.writer import pyramid_done
 
@@ -61,23 +58,8 @@ def build_pyramid(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> i
         todo = [(index, box) for index, box in level_blocks(spec.ome.levels[level].shape,
                                                               plan.block_shape)
                 if not done[index]]
-        if client is None:
-            pixels += sum(process_level_block(spec, level, i, b) for i, b in todo)
-            continue
-        token = f"{time.monotonic_ns():x}"
-        futures = [client.submit(process_level_block, spec, level, index, box, pure=False,
-                                 key=f"pyramid-{level}-{'.'.join(map(str, index))}-{token}")
-                   for index, box in todo]
-        wait(futures)
-        failed = [(i, f) for (i, _), f in zip(todo, futures, strict=True) if f.status != "finished"]
-        if failed:
-            index, future = failed[0]
-            error: Any = future.exception()
-            raise BlockFailedError(
-                f"{len(failed)} of {len(todo)} blocks of pyramid level {level} failed; first: "
-                f"{index}: {type(error).__name__}: {error}. Rerun the same command to finish "
-                "the pyramid", [{"level": level, "index": list(i)} for i, _ in failed])
-        pixels += sum(int(f.result()) for f in futures)
+        pixels += sum(run_tasks(client, [(process_level_block, (spec, level, i, b), i)
+                                         for i, b in todo], f"pyramid level {level}"))
     return pixels
 
 

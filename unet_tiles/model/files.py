@@ -171,8 +171,14 @@ def check_model(directory: str | os.PathLike[str]) -> UNetConfig:
     size = weights_path.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
         raise ModelFormatError(f"{weights_path}: larger than {MAX_WEIGHTS_BYTES} bytes")
-    shapes = _safetensors_shapes(weights_path, size)
-    expected = expected_tensors(config)
+    _check_tensors(weights_path, _safetensors_shapes(weights_path, size),
+                   expected_tensors(config))
+    return config
+
+
+def _check_tensors(weights_path: Path, shapes: dict[str, tuple[int, ...]],
+                   expected: dict[str, tuple[int, ...]]) -> None:
+    """The weights' names and shapes are the architecture's, or one line saying not."""
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
@@ -187,7 +193,6 @@ def check_model(directory: str | os.PathLike[str]) -> UNetConfig:
                 f"{weights_path}: tensor {name!r} has shape {shape}, config.json "
                 f"implies {expected[name]}; the files belong to different models"
             )
-    return config
 
 
 def _safetensors_shapes(path: Path, size: int) -> dict[str, tuple[int, ...]]:
@@ -250,21 +255,8 @@ def load_model(directory: str | os.PathLike[str], device: str = "cpu") -> UNet:
             f"{weights_path}: corrupt or truncated safetensors file ({exc}); re-export the model"
         ) from None
     model = UNet(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ModelFormatError(
-            f"{weights_path}: weights do not match config.json "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "the files belong to different models"
-        )
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ModelFormatError(
-                f"{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)}, config.json "
-                f"implies {tuple(expected[name].shape)}; the files belong to different models"
-            )
+    _check_tensors(weights_path, {k: tuple(v.shape) for k, v in tensors.items()},
+                   {k: tuple(v.shape) for k, v in model.state_dict().items()})
     model.load_state_dict(tensors)
     return model.to(device).eval()
 
