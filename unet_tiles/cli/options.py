@@ -97,9 +97,10 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
     objects.add_argument("--objects-csv", action="store_true",
                          help="also write the object table as OUTPUT/objects.csv")
     objects.add_argument("--split", default="none", choices=("none", "border", "probability"),
-                         help="split touching cells by a seeded watershed on the probability: "
-                         "seeds are the instance classes without the class named border, or "
-                         "the pixels of at least --seed-probability (default none)")
+                         help="split touching cells by a seeded watershed (seeds flood by "
+                         "geodesic distance, ties to the higher probability): seeds are the "
+                         "instance classes without the class named border, or the pixels of "
+                         "at least --seed-probability (default none)")
     objects.add_argument("--seed-probability", type=float, default=0.9, metavar="P",
                          help="with --split probability: the seeds' least probability "
                          "(default 0.9)")
