@@ -68,7 +68,7 @@ def touching_cells(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.nd
 
 
 @pytest.mark.parametrize("split", ["border", "probability"])
-@settings(max_examples=20, deadline=None,
+@settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_split_equals_the_whole_image_flood_whatever_the_blocks(

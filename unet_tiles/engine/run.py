@@ -302,6 +302,9 @@ class Run:
     def finalize(self) -> None:
         """Mark the output complete; then drop the instance passes' working state."""
         self._check_locked("finalize")
+        # A worker killed inside a chunk write leaves zarr's temporary file; its block
+        # was redone elsewhere, and a complete store holds no leftovers.
+        writer.remove_partial_files(self.output)
         writer.finalize(self.output)
         if self.job.output.want_instances:
             writer.remove_work(self.output)
