@@ -49,10 +49,11 @@ def label_result(spec: OutputSpec, plan: BlockPlan, block: Block, labels: np.nda
     assert how is not None
     shape = block.write.shape
     classes = list(how.classes)
-    mask = np.isin(labels, classes).reshape(shape)
     probability = probabilities[classes].astype(np.float32).sum(axis=0).reshape(shape)
     flood = None
-    if how.splits:
+    if not how.splits:
+        mask = np.isin(labels, classes).reshape(shape)
+    else:
         flood_mask = np.isin(labels, list(how.flood_classes)).reshape(shape)
         # Negative: not a class a seed may flood.
         flood = np.where(flood_mask, probability, -1).astype(np.float16)
@@ -81,7 +82,7 @@ def faces_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...]) -> int
     """Pass 2 for one block: its touching pairs and crossing objects, saved."""
     from unet_tiles.pipeline.geometry import Box
     from unet_tiles.pipeline.instances import block_faces, block_offset, capacity, touching_pairs
-    from unet_tiles.pipeline.writer import block_file, load_arrays, open_output, save_arrays
+    from unet_tiles.pipeline.writer import block_file, open_output, save_arrays
 
     how = spec.instances
     assert how is not None
@@ -97,11 +98,7 @@ def faces_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...]) -> int
         region = np.asarray(output.provisional[grown.to_slices()])
         pairs = touching_pairs(region, plan.dims, how.connectivity,
                                (offset, offset + capacity(plan.block_shape)))
-        stored = load_arrays(spec.url, block_file("stats", index))
-        if stored is None:
-            raise FileNotFoundError(f"the object sums of {block.describe(spec.axes)} are "
-                                    "missing; rerun with --overwrite")
-        faces = block_faces(pairs, stored["stats"], how.min_size)
+        faces = block_faces(pairs, _stored(spec, "stats", index)["stats"], how.min_size)
         save_arrays(spec.url, block_file("faces", index), faces.to_arrays())
         return int(pairs.shape[0])
 
@@ -116,7 +113,6 @@ def relabel_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...],
     from unet_tiles.pipeline.writer import (
         RELABELLED,
         block_file,
-        load_arrays,
         mark_done,
         open_output,
         save_arrays,
@@ -133,12 +129,9 @@ def relabel_task(spec: OutputSpec, plan: BlockPlan, index: tuple[int, ...],
         assert output.provisional is not None
         assert output.instances is not None
         slices = block.write.to_slices()
-        stored = load_arrays(spec.url, block_file("stats", index))
-        if stored is None:
-            raise FileNotFoundError(f"the object sums of {block.describe(spec.axes)} are "
-                                    "missing; rerun with --overwrite")
-        final, rows = relabel_block(np.asarray(output.provisional[slices]), stored["stats"],
-                                    part, how.min_size, how.consecutive, how.dtype)
+        final, rows = relabel_block(np.asarray(output.provisional[slices]),
+                                    _stored(spec, "stats", index)["stats"], part,
+                                    how.min_size, how.consecutive, how.dtype)
         # With --split these are the seeds, flooded into cells by the grow pass.
         target = output.seeds if how.splits else output.instances
         assert target is not None
@@ -194,6 +187,7 @@ def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> 
         OBJECTS_TABLE,
         RELABELLED,
         block_file,
+        has_arrays,
         load_arrays,
         read_record,
     )
@@ -202,18 +196,16 @@ def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> 
     record = read_record(spec.url)
     if record is not None and record.complete:
         # A rerun of a finished output: its working state is gone, its table holds all.
-        return int(_read_back(spec.url, OBJECTS_TABLE).num_rows)
+        return _table_rows(spec.url, OBJECTS_TABLE)
     started = time.perf_counter()
     indices = [b.index for b in plan]
-    faces_todo = [i for i in indices if load_arrays(spec.url, block_file("faces", i)) is None]
+    # Each block's faces are read once: those found now, the others once made.
+    found = {i: load_arrays(spec.url, block_file("faces", i)) for i in indices}
+    faces_todo = [i for i, stored in found.items() if stored is None]
     run_tasks(client, [(faces_task, (spec, plan, i), i) for i in faces_todo],
               "finding touching objects")
-    faces = []
-    for i in indices:
-        stored = load_arrays(spec.url, block_file("faces", i))
-        if stored is None:
-            raise FileNotFoundError(f"the faces of block {i} are missing")
-        faces.append(BlockFaces.from_arrays(stored))
+    faces = [BlockFaces.from_arrays(found[i] or _stored(spec, "faces", i)) for i in indices]
+    del found
     merged = merge(faces, spec.instances.min_size, spec.instances.consecutive, block_of(plan))
     del faces
     done = np.asarray(zarr.open_array(store=spec.url, path=RELABELLED, mode="r")[...]) \
@@ -221,7 +213,7 @@ def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> 
     run_tasks(client, [(relabel_task, (spec, plan, i, merged.relabels[n]), i)
                        for n, i in enumerate(indices) if not done[i]], "relabelling")
     if spec.instances.splits:
-        grow_todo = [i for i in indices if load_arrays(spec.url, block_file("grown", i)) is None]
+        grow_todo = [i for i in indices if not has_arrays(spec.url, block_file("grown", i))]
         run_tasks(client, [(grow_task, (spec, plan, i), i) for i in grow_todo],
                   "growing seeds")
         owner = _owner(spec, plan, [merged.relabels[n].base for n in range(len(indices))])
@@ -234,12 +226,14 @@ def make_instances(client: Client | None, spec: OutputSpec, plan: BlockPlan) -> 
 
 
 def _stored(spec: OutputSpec, kind: str, index: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """A pass's saved arrays of one block; missing ones mean working state was lost
+    under done-markers that say otherwise, which only a new output mends."""
     from unet_tiles.pipeline.writer import block_file, load_arrays
 
     stored = load_arrays(spec.url, block_file(kind, index))
     if stored is None:
-        raise FileNotFoundError(f"the {kind} of block {index} are missing; rerun the same "
-                                "command")
+        raise FileNotFoundError(f"the {kind} of block {'.'.join(map(str, index))} of "
+                                f"{spec.url!r} are missing; rerun with --overwrite")
     return stored
 
 
@@ -377,6 +371,15 @@ class _TableFile:
                 os.replace(self.partial, self.partial.with_name(self.name))
             else:
                 self.partial.unlink(missing_ok=True)
+
+
+def _table_rows(url: str, name: str) -> int:
+    """A Parquet file's row count, from its footer (the rows are not read)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(f"{url.rstrip('/')}/{name}", "rb") as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)
 
 
 def _read_back(url: str, name: str) -> Any:

@@ -410,17 +410,19 @@ def load_arrays(url: str, key: str) -> dict[str, np.ndarray] | None:
         return {name: stored[name] for name in stored.files}
 
 
-def remove_work(url: str) -> None:
-    """Drop the instance passes' working state of a complete output."""
+def has_arrays(url: str, key: str) -> bool:
+    """Whether ``save_arrays`` wrote ``url/key`` (a pass's done-marker), unread."""
     if is_remote(url):
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(url)
-        work = f"{path.rstrip('/')}/{WORK}"
-        if fs.exists(work):
-            fs.rm(work, recursive=True)
-    else:
-        shutil.rmtree(Path(url) / WORK, ignore_errors=True)
+        return bool(fs.exists(f"{path.rstrip('/')}/{key}"))
+    return (Path(url) / key).is_file()
+
+
+def remove_work(url: str) -> None:
+    """Drop the instance passes' working state of a complete output."""
+    remove_output(f"{url.rstrip('/')}/{WORK}")
 
 
 def pyramid_done(url: str, level: int) -> np.ndarray:
