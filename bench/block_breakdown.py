@@ -1,6 +1,7 @@
 """Where one block's time goes, stage by stage, measured on the engine's own functions.
 
     python bench/block_breakdown.py [--size 4096] [--block 2048] [--model DIR] [--threads 1]
+                                    [--contiguous]
 
 Runs the stages of ``engine.blocks.process_block`` one after the other on every
 block of a generated SIZE x SIZE uint8 image, in this process, torch on
@@ -54,13 +55,15 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=None, help="default: the engine's")
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--contiguous", action="store_true",
+                        help="tiles and weights in the default layout, not channels-last")
     args = parser.parse_args()
 
     import numpy as np
     import torch
 
     from unet_tiles.engine.run import SegmentRequest, validate
-    from unet_tiles.pipeline.predict import cached_model, predict_block
+    from unet_tiles.pipeline.predict import cached_model, channels_last_on, predict_block
     from unet_tiles.pipeline.window import input_region, missing_chunks, read_window
     from unet_tiles.pipeline.writer import mark_done, open_output, write_block
 
@@ -73,14 +76,17 @@ def main() -> None:
     with run.locked():
         run.prepare()
     job = run.job
-    model = TimedModel(cached_model(job.model_dir, job.model_hash, "cpu"))
+    # The layout the engine's CPU workers use, unless --contiguous asks for the other.
+    channels_last = channels_last_on("cpu", False if args.contiguous else None)
+    model = TimedModel(cached_model(job.model_dir, job.model_hash, "cpu", channels_last))
     array = job.source.open()
     output = open_output(job.output)
     totals: dict[str, float] = defaultdict(float)
     blocks = list(run.plan)
     with torch.inference_mode():
         predict_block(model, read_window(array, job.source, blocks[0]), blocks[0],  # warm-up
-                      want_labels=True, want_probabilities=False, device="cpu")
+                      want_labels=True, want_probabilities=False, device="cpu",
+                      channels_last=channels_last)
     model.seconds = 0.0
     for block in blocks:
         region, _ = input_region(job.source, block)
@@ -94,7 +100,7 @@ def main() -> None:
         forward_before = model.seconds
         result = predict_block(model, window, block, want_labels=True,
                                want_probabilities=False, batch_size=job.batch_size,
-                               device="cpu")
+                               device="cpu", channels_last=channels_last)
         t4 = time.perf_counter()
         done, output.done = output.done, _Discard()
         write_block(output, block, result)
@@ -115,7 +121,8 @@ def main() -> None:
     block_total = sum(totals.values())
     n = len(blocks)
     print(f"{args.size} x {args.size} image, {n} blocks of {run.plan.block_shape}, tile "
-          f"{run.plan.tile_out} px out, model {model_dir}, torch threads {args.threads}")
+          f"{run.plan.tile_out} px out, model {model_dir}, torch threads {args.threads}, "
+          f"{'channels-last' if channels_last else 'contiguous'} tiles")
     print(f"{'stage':42s} {'s / block':>10s} {'share':>7s}")
     for stage, seconds in totals.items():
         print(f"{stage:42s} {seconds / n:10.3f} {seconds / block_total:7.1%}")

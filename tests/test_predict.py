@@ -12,7 +12,13 @@ from helpers import reference_logits, softmax, write_zarr
 
 from unet_tiles import load_model
 from unet_tiles.pipeline.plan import make_plan
-from unet_tiles.pipeline.predict import cached_model, class_argmax, predict_block
+from unet_tiles.pipeline.predict import (
+    cached_model,
+    channels_last_on,
+    class_argmax,
+    memory_format,
+    predict_block,
+)
 from unet_tiles.pipeline.source import open_source
 from unet_tiles.pipeline.window import read_window
 
@@ -128,6 +134,38 @@ def test_batch_size_changes_nothing_beyond_float_rounding(
     for other in (three, every):
         np.testing.assert_array_equal(other.labels[clear], one.labels[clear])
         np.testing.assert_allclose(other.probabilities, one.probabilities, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_gives_the_contiguous_result(
+        tmp_path: Path, make_model: Callable[..., Path], dims: int) -> None:
+    model_dir = make_model(dims=dims, depth=2, base_channels=4, in_channels=2)
+    contiguous = load_model(str(model_dir))
+    last = cached_model(str(model_dir), "channels-last test", "cpu", True)
+    fmt = memory_format(dims)
+    convs = [p for p in last.parameters() if p.dim() == dims + 2]
+    assert convs and all(p.is_contiguous(memory_format=fmt) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)  # the layout really changed
+    shape = (2, 70, 90) if dims == 2 else (2, 40, 44, 48)
+    image = np.random.default_rng(7).integers(0, 255, shape).astype(np.uint8)
+    block_size, tile = (64, 24) if dims == 2 else (32, 16)
+    window, block = _window(tmp_path, image, contiguous, block_size, tile, (0,) * dims,
+                            axes="cyx" if dims == 2 else "czyx")
+    assert np.prod([t.count for t in block.tiles]) > 1
+    reference = _predict(contiguous, window, block)
+    result = _predict(last, window, block, channels_last=True)
+    # Float rounding only (the batch-size test measures the same order).
+    np.testing.assert_allclose(result.probabilities, reference.probabilities, atol=1e-4, rtol=0)
+    top2 = np.sort(reference.probabilities, axis=0)[-2:]
+    clear = (top2[1] == top2[0]) | (top2[1] - top2[0] > 1e-4)
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(result.labels[clear], reference.labels[clear])
+
+
+def test_channels_last_where_it_measured_faster() -> None:
+    assert channels_last_on("cpu")
+    assert not channels_last_on("cuda") and not channels_last_on("cuda:1")
+    assert not channels_last_on("cpu", False) and channels_last_on("cuda", True)
 
 
 def test_probability_dtype_and_outputs_asked_for(tmp_path: Path,

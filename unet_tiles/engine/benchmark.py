@@ -36,11 +36,15 @@ def tile_rate(model_dir: str, size_in: int, threads: int, seconds: float) -> flo
     """Output pixels per second of this process running ``size_in`` tiles back to back."""
     import torch
 
-    from unet_tiles.model.files import load_model
+    from unet_tiles.pipeline.predict import cached_model, channels_last_on, memory_format
 
     torch.set_num_threads(threads)
-    model = load_model(model_dir)
+    # In the layout the engine's CPU workers run it in (predict.channels_last_on).
+    channels_last = channels_last_on("cpu")
+    model = cached_model(model_dir, "", "cpu", channels_last)
     x = torch.rand(1, model.config.in_channels, size_in, size_in) * 255
+    if channels_last:
+        x = x.contiguous(memory_format=memory_format(2))
     out = size_in - 2 * model.halo[0]
     with torch.inference_mode():
         model(x)

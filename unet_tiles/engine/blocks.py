@@ -42,6 +42,8 @@ class BlockJob:
     device: str = "auto"
     torch_threads: int | None = None
     amp: bool = True
+    # Tiles and weights channels-last; None: where it measured faster (predict.py).
+    channels_last: bool | None = None
     run_id: str = ""
     allow_missing_chunks: bool = False
     # With instances: the plan, whose grid numbers every block's ids (pipeline/instances.py).
@@ -87,14 +89,20 @@ class RunSummary:
 
 def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     """Read + predict + write + mark done, in one worker task."""
-    from unet_tiles.pipeline.predict import cached_model, pick_device, predict_block
+    from unet_tiles.pipeline.predict import (
+        cached_model,
+        channels_last_on,
+        pick_device,
+        predict_block,
+    )
     from unet_tiles.pipeline.window import read_window
     from unet_tiles.pipeline.writer import write_block
 
     _set_torch_threads(job)
     device = pick_device(job.device)
     started = time.perf_counter()
-    model = cached_model(job.model_dir, job.model_hash, device)
+    channels_last = channels_last_on(device, job.channels_last)
+    model = cached_model(job.model_dir, job.model_hash, device, channels_last)
     name = block.describe(job.output.axes)
     # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
     window = with_retries(
@@ -108,7 +116,7 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         want_labels=spec.want_labels or spec.want_instances,
         want_probabilities=spec.want_probabilities or spec.want_instances,
         probability_dtype=spec.probability_dtype,
-        batch_size=job.batch_size, device=device, amp=job.amp,
+        batch_size=job.batch_size, device=device, amp=job.amp, channels_last=channels_last,
     )
     instances = None
     if spec.want_instances:
@@ -125,40 +133,49 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
 
 
 def warm_worker(job: BlockJob) -> None:
-    """Import torch and load the model on a worker before its first block.
+    """Import torch, load the model and run one batch of the plan's tile on a worker
+    before its first block.
 
-    Run on every worker at the start (``Client.run``), so that the blocks'
-    time is the blocks' work and no block waits on a cold worker.
+    Run on every worker at the start (``Client.run``), so that the blocks' time is
+    the blocks' work and no block waits on a cold worker: on a GPU the CUDA context
+    and cuDNN's kernel choice, on CPU oneDNN's kernels for the tile's shape and
+    layout and the heap the activations need (a CPU worker's first block took
+    0.15-0.45 s longer than the next ones on the demo model without it).
     """
-    from unet_tiles.pipeline.predict import cached_model, pick_device
+    import torch
+
+    from unet_tiles.pipeline.predict import (
+        auto_batch,
+        cached_model,
+        channels_last_on,
+        device_lock,
+        memory_format,
+        pick_device,
+    )
 
     _set_torch_threads(job)
     # "cuda:worker" picks the GPU from the task's worker, known only inside a task.
     if job.device == "cuda:worker":
         return
     device = pick_device(job.device)
-    model = cached_model(job.model_dir, job.model_hash, device)
-    if device.startswith("cuda") and job.warm_tile is not None:
-        _warm_gpu(model, job, device)
-
-
-def _warm_gpu(model: Any, job: BlockJob, device: str) -> None:
-    """The CUDA context, cuDNN's choice of kernels for the plan's tile shape and the
-    batch that fills the device, before the first block (bench/gpu.py measures it)."""
-    import torch
-
-    from unet_tiles.pipeline.predict import auto_batch, device_lock
-
-    assert job.warm_tile is not None
-    # Every tile of a block has one shape, and most blocks share it: autotuning pays.
-    torch.backends.cudnn.benchmark = True
+    channels_last = channels_last_on(device, job.channels_last)
+    model = cached_model(job.model_dir, job.model_hash, device, channels_last)
+    if job.warm_tile is None:
+        return
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
+        # Every tile of a block has one shape, and most blocks share it: autotuning pays.
+        torch.backends.cudnn.benchmark = True
     batch = job.batch_size or auto_batch(model, job.warm_tile, device)
     x = torch.zeros((batch, model.config.in_channels, *job.warm_tile), device=device)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if job.amp \
+    if channels_last:  # the kernels chosen are per layout
+        x = x.contiguous(memory_format=memory_format(len(job.warm_tile)))
+    autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if job.amp and on_gpu \
         else contextlib.nullcontext()
     with device_lock(device), torch.inference_mode(), autocast:
         model(x)
-    torch.cuda.synchronize(device)
+    if on_gpu:
+        torch.cuda.synchronize(device)
 
 
 def _set_torch_threads(job: BlockJob) -> None:
