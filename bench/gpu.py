@@ -7,7 +7,8 @@ For each model (the demo model's architecture, and the paper's U-Net: depth 4, 6
 base channels), in one run on one device:
 
 * model-only: output Mpx/s of batches of the default tile already on the device
-  (float16 autocast, as the engine runs it);
+  (float16 autocast and the tensor layout, as the engine runs it), and the other
+  layout's rate against it (channels-last or contiguous: ``predict.channels_last_on``);
 * fixed start-up: cluster start, then every worker warmed (CUDA context, model
   load, cuDNN's kernel choice for the plan's tile shape: ``blocks.warm_worker``);
 * steady state: the generated SIZE x SIZE image segmented again and again on the
@@ -34,11 +35,15 @@ from common import synthetic_input, workdir
 MODELS = {"demo": {"depth": 3, "base_channels": 8}, "paper": {"depth": 4, "base_channels": 64}}
 
 
-def model_rate(model: Any, size_in: int, batch: int, device: str, seconds: float) -> float:
-    """Output pixels per second of ``batch`` tiles of ``size_in`` on ``device``."""
+def model_rate(model: Any, size_in: int, batch: int, device: str, seconds: float,
+               channels_last: bool = False) -> float:
+    """Output pixels per second of ``batch`` tiles of ``size_in`` on ``device``
+    (``channels_last``: tiles and ``model``'s weights in that layout)."""
     import torch
 
     x = torch.rand(batch, model.config.in_channels, size_in, size_in, device=device) * 255
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     out = model.output_size(size_in)
     amp = torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda") \
         else contextlib.nullcontext()
@@ -67,15 +72,23 @@ def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Names
     from unet_tiles.engine.cluster import connect
     from unet_tiles.engine.run import DEFAULT_TILE, SegmentRequest, validate
     from unet_tiles.model.files import load_model
-    from unet_tiles.pipeline.predict import auto_batch
+    from unet_tiles.pipeline.predict import auto_batch, channels_last_on
 
     device = "cuda" if args.cluster != "cpu" else "cpu"
-    model = load_model(model_dir, device=device)
+    layout = {True: torch.channels_last, False: torch.contiguous_format}
+    model = load_model(model_dir, device=device).to(memory_format=layout[channels_last_on(device)])
     size_in = model.valid_size(DEFAULT_TILE[2] + 2 * model.halo[0])
     batch = auto_batch(model, (size_in, size_in), device)
     if device == "cpu":
         torch.set_num_threads(1)
-    ceiling = model_rate(model, size_in, batch, device, args.seconds)
+    ceiling = model_rate(model, size_in, batch, device, args.seconds,
+                         channels_last_on(device))
+    # The other layout, so a GPU run says whether channels-last pays there too.
+    other = not channels_last_on(device)
+    model = model.to(memory_format=layout[other])
+    other_rate = model_rate(model, size_in, batch, device, args.seconds, other)
+    print(f"{name}: model only, {'channels-last' if other else 'contiguous'} instead of the "
+          f"engine's layout: {other_rate / ceiling:.2f} x the engine's", flush=True)
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

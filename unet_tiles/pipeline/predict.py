@@ -51,9 +51,9 @@ def cached_model(model_dir: str, model_hash: str, device: str,
 def channels_last_on(device: str, setting: bool | None = None) -> bool:
     """Whether a block's tiles and the model's weights go channels-last on ``device``.
 
-    ``None`` (the engine's default): on CPU, where oneDNN's convolutions ran the
-    demo model 2.3x, a depth-3 16-channel model 2.0x, the paper's U-Net 1.3x and a
-    3D model 1.1x faster on channels-last tensors, with the same classes
+    ``None`` (the engine's default): on CPU, where oneDNN's convolutions on
+    channels-last tensors ran the demo model 1.8x, a depth-3 16-channel model 1.8x,
+    the paper's U-Net 1.4x and a 3D model 2.1x faster, with the same classes
     (``bench/model_formats.py``); not on CUDA until it is measured there.
     """
     return not device.startswith("cuda") if setting is None else setting
