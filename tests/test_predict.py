@@ -144,7 +144,8 @@ def test_channels_last_gives_the_contiguous_result(
     last = cached_model(str(model_dir), "channels-last test", "cpu", True)
     fmt = memory_format(dims)
     convs = [p for p in last.parameters() if p.dim() == dims + 2]
-    assert convs and all(p.is_contiguous(memory_format=fmt) for p in convs)
+    assert convs
+    assert all(p.is_contiguous(memory_format=fmt) for p in convs)
     assert not all(p.is_contiguous() for p in convs)  # the layout really changed
     shape = (2, 70, 90) if dims == 2 else (2, 40, 44, 48)
     image = np.random.default_rng(7).integers(0, 255, shape).astype(np.uint8)
@@ -164,8 +165,10 @@ def test_channels_last_gives_the_contiguous_result(
 
 def test_channels_last_where_it_measured_faster() -> None:
     assert channels_last_on("cpu")
-    assert not channels_last_on("cuda") and not channels_last_on("cuda:1")
-    assert not channels_last_on("cpu", False) and channels_last_on("cuda", True)
+    assert not channels_last_on("cuda")
+    assert not channels_last_on("cuda:1")
+    assert not channels_last_on("cpu", False)
+    assert channels_last_on("cuda", True)
 
 
 def test_probability_dtype_and_outputs_asked_for(tmp_path: Path,
