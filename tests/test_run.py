@@ -108,6 +108,8 @@ def test_unattended_runs_skip_redo_and_refuse(tmp_path: Path, make_model: Any) -
         ({"output_kind": "edges"}, "`output_kind` 'edges' must be one of"),
         ({"dtype": "int8"}, "`dtype` 'int8' must be one of"),
         ({"batch_size": 0}, "`batch_size` must be at least 1, got 0"),
+        ({"precision": "float16"}, "`precision` 'float16' must be one of auto, float32, "
+                                   "bfloat16"),
     ],
 )
 def test_requests_name_their_parameters(options: dict[str, Any], message: str) -> None:

@@ -18,6 +18,7 @@ from helpers import reference_logits, softmax, write_zarr
 
 from unet_tiles.cli import main
 from unet_tiles.engine.run import SegmentRequest, validate
+from unet_tiles.errors import OutputConflictError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -55,6 +56,31 @@ def test_on_local_cluster_equals_whole_image(tmp_path: Path, make_model: Any, cl
     assert record["status"] == "complete"
     assert record["input"]["shape"] == [150, 211]
     assert len(record["model_hash"]) == 64
+
+
+def test_bfloat16_runs_in_bfloat16_and_is_recorded(tmp_path: Path, make_model: Any,
+                                                   client: Any, image: np.ndarray) -> None:
+    model = make_model(depth=2, input_scale=(1 / 255,))
+    src = write_zarr(tmp_path / "in.zarr", image, (64, 64))
+    outputs = {}
+    for precision in ("auto", "bfloat16"):
+        out = tmp_path / f"{precision}.zarr"
+        validate(SegmentRequest(src, str(out), str(model), output_kind="both", dtype="float32",
+                                block_size=64, precision=precision)).segment(client,
+                                                                             progress=False)
+        outputs[precision] = zarr.open_group(str(out), mode="r")
+    full, half = outputs["auto"], outputs["bfloat16"]
+    assert "precision" not in full.attrs["unet_tiles"]["parameters"]  # old records resume
+    assert half.attrs["unet_tiles"]["parameters"]["precision"] == "bfloat16"
+    diff = np.abs(half["probabilities"][...] - full["probabilities"][...])
+    # bfloat16 keeps 8 bits of mantissa: the probabilities move, the classes hardly.
+    assert 1e-4 < diff.max() < 0.05
+    assert (half["labels"][...] == full["labels"][...]).mean() > 0.99
+    again = validate(SegmentRequest(src, str(tmp_path / "bfloat16.zarr"), str(model),
+                                    output_kind="both", dtype="float32", block_size=64))
+    with again.locked(), pytest.raises(OutputConflictError,
+                                       match=r"other parameters \(precision\)"):
+        again.prepare()
 
 
 def test_cli_resume_is_byte_identical_and_other_parameters_are_refused(

@@ -6,7 +6,6 @@ returns a few numbers; no pixels pass through the client or the scheduler.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
@@ -41,7 +40,8 @@ class BlockJob:
     batch_size: int | None = None
     device: str = "auto"
     torch_threads: int | None = None
-    amp: bool = True
+    # The forward passes' dtype (predict.autocast): auto, float32 or bfloat16.
+    precision: str = "auto"
     # Tiles and weights channels-last; None: where it measured faster (predict.py).
     channels_last: bool | None = None
     run_id: str = ""
@@ -116,7 +116,8 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         want_labels=spec.want_labels or spec.want_instances,
         want_probabilities=spec.want_probabilities or spec.want_instances,
         probability_dtype=spec.probability_dtype,
-        batch_size=job.batch_size, device=device, amp=job.amp, channels_last=channels_last,
+        batch_size=job.batch_size, device=device, precision=job.precision,
+        channels_last=channels_last,
     )
     instances = None
     if spec.want_instances:
@@ -146,6 +147,7 @@ def warm_worker(job: BlockJob) -> None:
 
     from unet_tiles.pipeline.predict import (
         auto_batch,
+        autocast,
         cached_model,
         channels_last_on,
         device_lock,
@@ -170,9 +172,7 @@ def warm_worker(job: BlockJob) -> None:
     x = torch.zeros((batch, model.config.in_channels, *job.warm_tile), device=device)
     if channels_last:  # the kernels chosen are per layout
         x = x.contiguous(memory_format=memory_format(len(job.warm_tile)))
-    autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if job.amp and on_gpu \
-        else contextlib.nullcontext()
-    with device_lock(device), torch.inference_mode(), autocast:
+    with device_lock(device), torch.inference_mode(), autocast(job.precision, device):
         model(x)
     if on_gpu:
         torch.cuda.synchronize(device)

@@ -41,6 +41,7 @@ from unet_tiles.pipeline.plan import (
     output_chunks,
     shard_shape,
 )
+from unet_tiles.pipeline.predict import PRECISIONS
 from unet_tiles.pipeline.provenance import Decision, Provenance
 from unet_tiles.pipeline.repair import repaired_input_resumes
 from unet_tiles.pipeline.source import ImageSource, fingerprint, is_remote, open_source
@@ -91,6 +92,9 @@ class SegmentRequest:
     overwrite: bool = False
     batch_size: int | None = None
     device: str = "auto"
+    # The forward passes' dtype (pipeline/predict.py autocast): auto (float16 on
+    # CUDA, float32 on CPU), float32, or bfloat16.
+    precision: str = "auto"
     # zarr skips writing chunks equal to the fill value by default; such stores
     # need this, every other store is better served by the "input incomplete" error.
     allow_missing_chunks: bool = False
@@ -134,6 +138,9 @@ class SegmentRequest:
             raise UsageError(f"`dtype` {self.dtype!r} must be one of {PROBABILITY_DTYPES}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"`batch_size` must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"`precision` {self.precision!r} must be one of "
+                             f"{', '.join(PRECISIONS)}")
         if self.shard is not None and self.shard < 1:
             raise UsageError(f"`shard` must be at least 1 px, got {self.shard}")
         if self.output_format not in OUTPUT_FORMATS:
@@ -416,6 +423,8 @@ def validate(request: SegmentRequest) -> Run:
         "format": "plain" if layout is None else f"ome-{layout.version}",
         "levels": 1 if layout is None else len(layout.levels),
         "shards": None if shards is None else list(shards),
+        # Only where not the default: outputs written before it keep their records.
+        **({} if request.precision == "auto" else {"precision": request.precision}),
         # Only with instances: outputs without them keep their records (and resume).
         **({} if instances is None else {
             "instances": {**instances.to_dict(), "objects_csv": spec.objects_csv}}),
@@ -423,6 +432,7 @@ def validate(request: SegmentRequest) -> Run:
     input_identity = {**source.to_dict(), "fingerprint": fingerprint(source)}
     job = BlockJob(source=source, output=spec, model_dir=str(Path(request.model_dir).resolve()),
                    model_hash=digest, batch_size=request.batch_size, device=request.device,
+                   precision=request.precision,
                    run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks,
                    plan=plan if instances is not None else None,
                    warm_tile=tuple(t.size_in for t in next(iter(plan)).tiles))

@@ -121,6 +121,7 @@ def segment_archive(
     batch_size: int | None = None,
     axes: str | None = None,
     device: str = "auto",
+    precision: str = "auto",
     allow_missing_chunks: bool = False,
     output_format: str = "auto",
     into_source: bool = False,
@@ -163,7 +164,8 @@ def segment_archive(
         raise UsageError(f"max_concurrent must be at least 1, got {max_concurrent}")
     options = {"model_dir": model_dir, "output_kind": output_kind, "dtype": dtype,
                "block_size": block_size, "tile_size": tile_size, "batch_size": batch_size,
-               "axes": axes, "device": device, "allow_missing_chunks": allow_missing_chunks,
+               "axes": axes, "device": device, "precision": precision,
+               "allow_missing_chunks": allow_missing_chunks,
                "output_format": output_format, "into_source": into_source,
                "label_name": label_name, "level": level,
                "shard": shard, "instance_class": instance_class,

@@ -39,6 +39,7 @@ def segment_image(
     batch_size: int | None = None,
     axes: str | None = None,
     device: str = "auto",
+    precision: str = "auto",
     overwrite: bool = False,
     allow_missing_chunks: bool = False,
     output_format: str = "auto",
@@ -88,7 +89,7 @@ def segment_image(
         request = SegmentRequest(
             input=input, output=output, model_dir=model_dir, output_kind=output_kind,
             dtype=dtype, block_size=block_size, tile_size=tile_size, axes=axes,
-            overwrite=overwrite, batch_size=batch_size, device=device,
+            overwrite=overwrite, batch_size=batch_size, device=device, precision=precision,
             allow_missing_chunks=allow_missing_chunks, output_format=output_format,
             into_source=into_source, label_name=label_name, level=level,
             shard=shard, instance_class=instance_class, connectivity=connectivity,

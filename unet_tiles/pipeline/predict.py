@@ -59,6 +59,32 @@ def channels_last_on(device: str, setting: bool | None = None) -> bool:
     return not device.startswith("cuda") if setting is None else setting
 
 
+# --precision: the dtype the forward passes compute in.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def autocast(precision: str, device: str) -> contextlib.AbstractContextManager[Any]:
+    """The forward passes' precision on ``device``.
+
+    ``auto``: float16 autocast on CUDA (``tests/test_gpu.py`` compares its labels
+    with float32's), float32 on CPU. ``float32``:
+    float32 everywhere. ``bfloat16``: bfloat16 autocast on either; 3.0-3.5x faster
+    than float32 on a CPU with native bfloat16 (``avx512_bf16``, AMX) and 0.1-0.3 %
+    of pixels in another class (``bench/model_formats.py``); emulated and slow on
+    CPUs without it.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if precision == "bfloat16":
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    if precision == "auto" and kind == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
 def memory_format(dims: int) -> torch.memory_format:
     """The channels-last format of a batch of ``dims``-dimensional tiles."""
     import torch
@@ -117,7 +143,7 @@ def auto_batch(model: UNet, size_in: tuple[int, ...], device: str) -> int:
 def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels: bool,
                   want_probabilities: bool, probability_dtype: str = "float16",
                   batch_size: int | None = None, device: str = "cpu",
-                  amp: bool = True, channels_last: bool = False) -> BlockResult:
+                  precision: str = "auto", channels_last: bool = False) -> BlockResult:
     """Run ``model`` over the block's tiles and assemble the block's outputs.
 
     ``window`` is the block's read window ``(C, *spatial)``; for a valid model
@@ -127,8 +153,8 @@ def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels:
     On a GPU the window goes over from pinned memory without blocking, the outputs
     are assembled on the device and copied back once, and an out-of-memory error
     halves the batch and runs the same tiles again (the result does not depend on
-    the batch). ``channels_last``: the tiles go to the model in that layout, which
-    its weights must have (``cached_model``).
+    the batch). ``precision``: see ``autocast``. ``channels_last``: the tiles go
+    to the model in that layout, which its weights must have (``cached_model``).
     """
     import torch
 
@@ -160,12 +186,7 @@ def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels:
     elif device != "cpu":
         window_t = window_t.to(device)
     window_t = window_t.float()
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.float16)
-        if amp and on_gpu
-        else contextlib.nullcontext()
-    )
-    with device_lock(device), torch.inference_mode(), autocast:
+    with device_lock(device), torch.inference_mode(), autocast(precision, device):
         first = 0
         while first < len(positions):
             batch_pos = positions[first : first + batch_size]
