@@ -1,7 +1,7 @@
 """Where one block's time goes, stage by stage, measured on the engine's own functions.
 
     python bench/block_breakdown.py [--size 4096] [--block 2048] [--model DIR] [--threads 1]
-                                    [--contiguous]
+                                    [--contiguous] [--precision bfloat16]
 
 Runs the stages of ``engine.blocks.process_block`` one after the other on every
 block of a generated SIZE x SIZE uint8 image, in this process, torch on
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=None, help="default: the engine's")
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="auto", help="auto, float32 or bfloat16")
     parser.add_argument("--contiguous", action="store_true",
                         help="tiles and weights in the default layout, not channels-last")
     args = parser.parse_args()
@@ -86,7 +87,7 @@ def main() -> None:
     with torch.inference_mode():
         predict_block(model, read_window(array, job.source, blocks[0]), blocks[0],  # warm-up
                       want_labels=True, want_probabilities=False, device="cpu",
-                      channels_last=channels_last)
+                      precision=args.precision, channels_last=channels_last)
     model.seconds = 0.0
     for block in blocks:
         region, _ = input_region(job.source, block)
@@ -100,7 +101,8 @@ def main() -> None:
         forward_before = model.seconds
         result = predict_block(model, window, block, want_labels=True,
                                want_probabilities=False, batch_size=job.batch_size,
-                               device="cpu", channels_last=channels_last)
+                               device="cpu", precision=args.precision,
+                               channels_last=channels_last)
         t4 = time.perf_counter()
         done, output.done = output.done, _Discard()
         write_block(output, block, result)
@@ -122,7 +124,8 @@ def main() -> None:
     n = len(blocks)
     print(f"{args.size} x {args.size} image, {n} blocks of {run.plan.block_shape}, tile "
           f"{run.plan.tile_out} px out, model {model_dir}, torch threads {args.threads}, "
-          f"{'channels-last' if channels_last else 'contiguous'} tiles")
+          f"{'channels-last' if channels_last else 'contiguous'} tiles, precision "
+          f"{args.precision}")
     print(f"{'stage':42s} {'s / block':>10s} {'share':>7s}")
     for stage, seconds in totals.items():
         print(f"{stage:42s} {seconds / n:10.3f} {seconds / block_total:7.1%}")

@@ -21,10 +21,15 @@ from scipy import ndimage
 from unet_tiles.engine.instances import make_instances
 from unet_tiles.errors import UsageError
 from unet_tiles.pipeline.instances import (
+    ID_DTYPE,
+    MAX_CONSECUTIVE,
+    BlockFaces,
     InstanceSpec,
+    merge,
     merge_pairs,
     neighbour_offsets,
     parse_classes,
+    stats_dtype,
     touching_pairs,
 )
 from unet_tiles.pipeline.writer import RELABELLED, WORK, block_file
@@ -228,6 +233,24 @@ def test_passes_run_on_a_dask_cluster_the_same(tmp_path: Path, client: Any) -> N
     assert _files(tmp_path / "here.zarr" / "objects.parquet") == \
         _files(tmp_path / "there.zarr" / "objects.parquet")
     assert (tmp_path / "there.zarr" / WORK).exists()  # removed by Run.finalize only
+
+
+def test_consecutive_ids_beyond_uint32_are_refused_not_wrapped() -> None:
+    def faces(kept: int) -> BlockFaces:  # a block of objects that cross no border
+        return BlockFaces(np.zeros((0, 2), ID_DTYPE), np.zeros(0, stats_dtype(2)),
+                          np.zeros(0, np.int64), kept)
+
+    def block_of(ids: np.ndarray) -> np.ndarray:
+        return np.zeros(len(ids), dtype=np.int64)
+
+    half = (MAX_CONSECUTIVE + 1) // 2
+    fits = merge([faces(half), faces(half - 1)], 0, True, block_of)
+    assert fits.objects == MAX_CONSECUTIVE
+    assert fits.relabels[1].base + (half - 1) - 1 == MAX_CONSECUTIVE  # its last id
+    with pytest.raises(UsageError, match=r"4294967296 objects do not fit the uint32 ids .*"
+                                         r"--no-consecutive"):
+        merge([faces(half), faces(half)], 0, True, block_of)
+    merge([faces(half), faces(half)], 0, False, block_of)  # uint64 ids: no limit here
 
 
 def test_touching_pairs_and_their_merge() -> None:

@@ -323,6 +323,10 @@ class Merge:
     objects: int
 
 
+# The most objects consecutive ids can number (uint32).
+MAX_CONSECUTIVE = 2**32 - 1
+
+
 def merge(faces: Sequence[BlockFaces], min_size: int, consecutive: bool,
           block_of: Any) -> Merge:
     """Combine the blocks' faces (in linear block order): final ids for every crossing
@@ -343,6 +347,12 @@ def merge(faces: Sequence[BlockFaces], min_size: int, consecutive: bool,
     kept_blocks = np.bincount(root_block, minlength=len(faces)) if kept.size else \
         np.zeros(len(faces), dtype=np.int64)
     owned_count = np.array([f.kept for f in faces], dtype=np.int64) + kept_blocks
+    objects = int(owned_count.sum())
+    if consecutive and objects > MAX_CONSECUTIVE:
+        # The final ids are uint32 (InstanceSpec.final_dtype): id 2^32 would wrap to 0.
+        raise UsageError(f"{objects} objects do not fit the uint32 ids 1..{MAX_CONSECUTIVE} "
+                         "of consecutive instances; rerun with --no-consecutive (uint64 ids) "
+                         "and --overwrite")
     bases = np.concatenate([[1], 1 + np.cumsum(owned_count)[:-1]]) if consecutive else \
         np.zeros(len(faces), dtype=np.int64)
     if consecutive and kept.size:
