@@ -27,21 +27,13 @@ from typing import Any
 
 from common import DEMO_MODEL, synthetic_input, workdir
 
+from unet_tiles.engine.benchmark import native_bfloat16
+
 MODELS: dict[str, dict[str, Any]] = {
     "depth 3, 16 channels": {"depth": 3, "base_channels": 16},
     "paper U-Net": {"depth": 4, "base_channels": 64},
     "3D, depth 3, 8 channels": {"depth": 3, "base_channels": 8, "dims": 3},
 }
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes in bfloat16 itself (Linux's flags)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            flags = info.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def rate(model: Any, x: Any, seconds: float, bf16: bool) -> float:
@@ -70,7 +62,7 @@ def compare(name: str, model: Any, tile: Any, args: argparse.Namespace) -> None:
     tile_last = tile.contiguous(memory_format=memory_format(dims))
     variants = [("contiguous float32", model, tile, False),
                 ("channels-last float32", last, tile_last, False)]
-    if native_bf16():
+    if native_bfloat16():
         variants.append(("channels-last bfloat16", last, tile_last, True))
     with torch.inference_mode():
         reference = model(tile)
@@ -112,7 +104,7 @@ def main() -> None:
     torch.set_num_threads(1)
     work = workdir("unet-tiles-formats-")
     image = zarr.open_array(synthetic_input(work, 1024), mode="r")
-    print(f"one torch thread; native bfloat16: {native_bf16()}")
+    print(f"one torch thread; native bfloat16: {native_bfloat16()}")
     models = [("demo model", load_model(str(DEMO_MODEL)))]
     models += [(name, build_unet(UNetConfig(input_scale=(1 / 255,), **config), seed=0))
                for name, config in MODELS.items()]

@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
               f"{rounds.ratio:.2f}")
         advice = benchmark.recommend(found, model.divisor, DEFAULT_BLOCK[2])
         print(f"recommended here: {advice.flags()}")
+        if benchmark.native_bfloat16():
+            print("this CPU computes bfloat16 natively: --precision bfloat16 runs the model "
+                  "about 3x faster, with 0.1-0.3 % of pixels in another class "
+                  "(bench/model_formats.py)")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
