@@ -243,19 +243,22 @@ def class_argmax(logits: torch.Tensor) -> torch.Tensor:
 
     Measured here: torch's argmax over the class axis of a cropped CPU tensor
     took 17 % of a block's time; a running maximum over the classes costs a
-    few elementwise passes.
+    few elementwise passes. ``masked_fill_`` with the comparison's (strided) mask
+    cost 1.4 ms of a 512 px tile, 10x the comparison: the labels are built with
+    ``where`` instead, and the last class needs no running maximum.
     """
     import torch
 
     classes = logits.shape[1]
+    dtype = torch.uint8 if classes <= 256 else torch.int32
     best = logits[:, 0]
-    labels = torch.zeros(best.shape, dtype=torch.uint8 if classes <= 256 else torch.int32,
-                         device=logits.device)
-    for k in range(1, classes):
+    labels = (logits[:, 1] > best).to(dtype)
+    for k in range(2, classes):
+        best = torch.maximum(best, logits[:, k - 1])
         channel = logits[:, k]
-        labels.masked_fill_(channel > best, k)
-        best = torch.maximum(best, channel)
-    return labels
+        labels = torch.where(channel > best, torch.tensor(k, dtype=dtype, device=logits.device),
+                             labels)
+    return labels.contiguous()
 
 
 def _tile_input(pos: tuple[int, ...], tiles: tuple[TileAxis, ...]) -> tuple[slice, ...]:
