@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -100,6 +101,23 @@ def test_unattended_runs_skip_redo_and_refuse(tmp_path: Path, make_model: Any) -
     with pytest.raises(OutputConflictError, match="not written by unet-tiles; move it away"):
         run.unattended()
     assert (foreign / "notes.txt").exists()
+
+
+def test_batch_size_and_precision_are_recorded_only_when_given(tmp_path: Path,
+                                                               make_model: Any) -> None:
+    default = validate(_request(tmp_path, make_model)).record.parameters
+    assert "batch_size" not in default  # outputs written before keep their records
+    assert "precision" not in default
+    request = _request(tmp_path, make_model, batch_size=2, precision="float32")
+    given = validate(request)
+    assert given.record.parameters["batch_size"] == 2
+    assert given.record.parameters["precision"] == "float32"
+    given.segment()
+    assert validate(request).decide().action == "skip"
+    # Another batch rounds the floats otherwise: not resumed into the same output.
+    decision = validate(replace(request, batch_size=3)).decide()
+    assert (decision.action, decision.cause) == ("redo", "parameters")
+    assert "batch_size" in decision.reason
 
 
 @pytest.mark.parametrize(

@@ -423,8 +423,11 @@ def validate(request: SegmentRequest) -> Run:
         "format": "plain" if layout is None else f"ome-{layout.version}",
         "levels": 1 if layout is None else len(layout.levels),
         "shards": None if shards is None else list(shards),
-        # Only where not the default: outputs written before it keep their records.
+        # Only where not the default: outputs written before they were recorded keep
+        # their records. Both change the floats' rounding (tests/test_predict.py), so a
+        # resumed output never mixes two of them.
         **({} if request.precision == "auto" else {"precision": request.precision}),
+        **({} if request.batch_size is None else {"batch_size": request.batch_size}),
         # Only with instances: outputs without them keep their records (and resume).
         **({} if instances is None else {
             "instances": {**instances.to_dict(), "objects_csv": spec.objects_csv}}),
