@@ -88,6 +88,7 @@ def sweep(src: str, model_dir: str, work: Path, ceiling: float, rounds: int) -> 
         ("block 1024", {"block_size": 1024}),
         ("tile 512", {"tile_size": 512}),
         ("tile 1024", {"tile_size": 1024}),
+        ("precision bfloat16", {"precision": "bfloat16"}),
     ]
     best: dict[str, float] = {}
     for _ in range(rounds):  # interleaved, so drifting load hits every setting alike
