@@ -1,11 +1,13 @@
 """Peak memory of unet-tiles against a plain ``dask.array.map_overlap`` pipeline, one run.
 
-    python bench/memory.py [--size 8192] [--depth 3] [--base-channels 16] [--tile-size N]
+    python bench/memory.py [--size 8192] [--depth 3] [--base-channels 16]
+                            [--tile-size N [N ...]]
 
 Both segment the same generated SIZE x SIZE uint8 zarr image with the same seeded
 U-Net on a 2-worker, 1-thread-per-worker local cluster, zarr in, labels zarr out:
 
-* ``unet-tiles``: ``unet_tiles.segment`` with its defaults;
+* ``unet-tiles``: ``unet_tiles.segment`` with its defaults (and once per
+  ``--tile-size`` given, in the same run);
 * ``map_overlap``: ``da.from_zarr(...).map_overlap(model on each overlapped 1024 px
   chunk, padded to a valid size, depth=halo, boundary="reflect").to_zarr(...)``,
   the pipeline users write by hand (not seamless: dask's reflect is numpy's
@@ -87,8 +89,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--base-channels", type=int, default=16)
-    parser.add_argument("--tile-size", type=int, default=None,
-                        help="unet-tiles' tile size (default: its own)")
+    parser.add_argument("--tile-size", type=int, nargs="+", default=None,
+                        help="unet-tiles' tile sizes to measure as well as its default")
     parser.add_argument("--only", choices=("unet-tiles", "map_overlap"), default=None,
                         help="measure one side only")
     parser.add_argument("--mode", choices=("unet-tiles", "map_overlap"), default=None,
@@ -98,7 +100,7 @@ def main() -> None:
     if args.mode is not None:
         src, out, model = args.paths
         if args.mode == "unet-tiles":
-            run_unet_tiles(src, out, model, args.tile_size)
+            run_unet_tiles(src, out, model, args.tile_size[0] if args.tile_size else None)
         else:
             run_map_overlap(src, out, model)
         return
@@ -112,24 +114,32 @@ def main() -> None:
                            work / "model"))
     src = synthetic_input(work, args.size)
     peaks: dict[str, float] = {}
-    tile = [] if args.tile_size is None else ["--tile-size", str(args.tile_size)]
-    for mode in (args.only,) if args.only else ("unet-tiles", "map_overlap"):
+    runs: list[tuple[str, str, list[str]]] = []
+    if args.only != "map_overlap":
+        runs.append(("unet-tiles", "unet-tiles", []))
+        runs += [(f"tile {tile}", "unet-tiles", ["--tile-size", str(tile)])
+                 for tile in args.tile_size or ()]
+    if args.only != "unet-tiles":
+        runs.append(("map_overlap", "map_overlap", []))
+    for name, mode, tile in runs:
         out = work / f"{mode}.zarr"
         started = time.perf_counter()
         # The children only: this process made the model and the image.
         with RssSamples(include_self=False) as rss:
             subprocess.run([sys.executable, str(Path(__file__).resolve()), "--mode", mode,
                             "--paths", src, str(out), model, *tile], check=True)
-        peaks[mode] = rss.peak_bytes / 2**20
+        peaks[name] = rss.peak_bytes / 2**20
         roles = ", ".join(f"{role} {size / 2**20:.0f}" for role, size in
                           sorted(rss.roles_at_peak().items()) if role != "bench")
-        print(f"{mode:12s} peak RSS of all processes {peaks[mode]:6.0f} MiB "
+        print(f"{name:12s} peak RSS of all processes {peaks[name]:6.0f} MiB "
               f"({time.perf_counter() - started:.0f} s); at the peak, MiB: {roles}", flush=True)
         shutil.rmtree(out, ignore_errors=True)
-    if len(peaks) == 2:
-        print(f"{args.size} x {args.size}, depth {args.depth}, {args.base_channels} base "
-              f"channels: unet-tiles / map_overlap peak = "
-              f"{peaks['unet-tiles'] / peaks['map_overlap']:.2f}")
+    if "map_overlap" in peaks:
+        for name, peak in peaks.items():
+            if name != "map_overlap":
+                print(f"{args.size} x {args.size}, depth {args.depth}, {args.base_channels} "
+                      f"base channels: {name} / map_overlap peak = "
+                      f"{peak / peaks['map_overlap']:.2f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

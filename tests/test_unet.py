@@ -113,3 +113,73 @@ def test_torch_free_geometry_and_tensors_are_the_networks(dims: int, padding: st
     with torch.inference_mode():
         out = model.eval()(torch.zeros((1, 2, *(n,) * dims)))
     assert tuple(out.shape[2:]) == (geometry.output_size(n),) * dims
+
+
+# A child process measures one forward pass's peak memory: with every allocation of
+# 64 KiB or more mmapped (MALLOC_MMAP_THRESHOLD_), a freed map goes back to the OS at
+# once, so the rise of the peak RSS during the pass (VmHWM, reset through
+# clear_refs: the child's ru_maxrss starts at its parent's size) is the most that
+# was alive.
+_PEAK_SCRIPT = """
+import sys, torch
+from unet_tiles.model.unet import UNetConfig, build_unet, _center_crop
+
+def holding_forward(model, x):
+    # The forward as it was: each level's skip, up-convolution and concatenation
+    # stay referenced while its decoder runs (the baseline this test compares with).
+    x = (x - model.input_offset) * model.input_scale
+    skips = []
+    for encoder in list(model.encoders)[:-1]:
+        x = encoder(x)
+        skips.append(x)
+        x = model.pool(x)
+    x = model.encoders[-1](x)
+    for upconv, decoder, skip in zip(model.upconvs, model.decoders, reversed(skips)):
+        x = upconv(x)
+        x = decoder(torch.cat([_center_crop(skip, x.shape[2:]), x], dim=1))
+    return model.head(x)
+
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) for line in lines if line.startswith(field + ":"))
+
+torch.set_num_threads(1)
+model = build_unet(UNetConfig(depth=2, base_channels=8), seed=0)
+size = model.valid_size(700)
+x = torch.rand(1, 1, size, size)
+if sys.argv[2] == "channels_last":  # the engine's CPU layout
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+forward = (lambda t: holding_forward(model, t)) if sys.argv[1] == "holding" else model
+with torch.inference_mode():
+    forward(x[:, :, :model.valid_size(100), :model.valid_size(100)])  # load the kernels
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = status("VmRSS")
+    forward(x)
+    after = status("VmHWM")
+print((after - before) * 1024 / (8 * size * size * 4))
+"""
+
+
+def _peak_maps(which: str, layout: str) -> float:
+    """The peak memory of one forward pass, in first-level feature maps."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, which, layout], env=env, check=True,
+                          capture_output=True, text=True)
+    return float(done.stdout.strip())
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_forward_frees_each_levels_maps_as_it_consumes_them(layout: str) -> None:
+    # Channels-last, a level's peak is the concatenation's inputs and output: 4
+    # maps of its channels, not the 6 of a forward that holds them through the
+    # decoder (contiguous tensors add oneDNN's reordered copies on both sides).
+    holding, product = _peak_maps("holding", layout), _peak_maps("product", layout)
+    assert product < 0.75 * holding
+    if layout == "channels_last":
+        assert product < 4.5
