@@ -70,14 +70,14 @@ def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Names
 
     from unet_tiles.engine.blocks import warm_worker
     from unet_tiles.engine.cluster import connect
-    from unet_tiles.engine.run import DEFAULT_TILE, SegmentRequest, validate
+    from unet_tiles.engine.run import SegmentRequest, default_tile, validate
     from unet_tiles.model.files import load_model
     from unet_tiles.pipeline.predict import auto_batch, channels_last_on
 
     device = "cuda" if args.cluster != "cpu" else "cpu"
     layout = {True: torch.channels_last, False: torch.contiguous_format}
     model = load_model(model_dir, device=device).to(memory_format=layout[channels_last_on(device)])
-    size_in = model.valid_size(DEFAULT_TILE[2] + 2 * model.halo[0])
+    size_in = model.valid_size(default_tile(model.config) + 2 * model.halo[0])
     batch = auto_batch(model, (size_in, size_in), device)
     if device == "cpu":
         torch.set_num_threads(1)

@@ -97,7 +97,7 @@ def main() -> None:
     import torch
     import zarr
 
-    from unet_tiles.engine.run import DEFAULT_TILE
+    from unet_tiles.engine.run import default_tile
     from unet_tiles.model.files import load_model
     from unet_tiles.model.unet import UNetConfig, build_unet
 
@@ -110,7 +110,7 @@ def main() -> None:
                for name, config in MODELS.items()]
     for name, model in models:
         dims = model.config.dims
-        size = model.valid_size(DEFAULT_TILE[dims] + 2 * model.halo[0])
+        size = model.valid_size(default_tile(model.config) + 2 * model.halo[0])
         pixels = np.asarray(image[:size, :size], dtype=np.float32)
         if dims == 3:  # a stack of shifted copies of the 2D tile
             pixels = np.stack([np.roll(pixels, k, axis=0) for k in range(size)])

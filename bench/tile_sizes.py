@@ -8,8 +8,9 @@ fresh process with one torch thread, the engine's tensor layout (channels-last o
 CPU) and the CPU workers' malloc settings (``engine.benchmark.parallel_rate``, the
 same measurement as ``unet-tiles bench``'s scan). Tile sizes alternate within each
 round so a drifting machine hits every size alike; each size's median over the
-rounds is printed with its ratio to the default tile's. How the default 2D tile was
-chosen (bench/README.md, "Memory").
+rounds is printed with its ratio to the smallest default, 512 px, and the engine's
+default for that model is named (``engine.run.default_tile``). How the default 2D
+tile was chosen (bench/README.md, "Memory").
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import statistics
 from common import DEMO_MODEL, workdir
 
 from unet_tiles.engine.benchmark import parallel_rate
-from unet_tiles.engine.run import DEFAULT_TILE
+from unet_tiles.engine.run import DEFAULT_TILE, default_tile
 
 MODELS = {"depth 3, 16 ch": (3, 16), "paper (depth 4, 64 ch)": (4, 64)}
 
@@ -56,8 +57,8 @@ def main() -> None:
         shown = ", ".join(f"{tile} px {rate:.2f} ({rate / default:.2f})"
                           for tile, rate in medians.items())
         best = max(medians, key=medians.__getitem__)
-        print(f"{name:24s} Mpx/s out (ratio to {DEFAULT_TILE[2]} px): {shown}; fastest {best} px",
-              flush=True)
+        print(f"{name:24s} Mpx/s out (ratio to {DEFAULT_TILE[2]} px): {shown}; fastest {best} "
+              f"px, the default {default_tile(model.config)} px", flush=True)
 
 
 if __name__ == "__main__":

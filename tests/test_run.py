@@ -11,7 +11,12 @@ import pytest
 import zarr
 from helpers import write_zarr
 
-from unet_tiles.engine.run import SegmentRequest, _check_model_once, validate
+from unet_tiles.engine.run import (
+    SegmentRequest,
+    _check_model_once,
+    default_tile,
+    validate,
+)
 from unet_tiles.errors import OutputConflictError, UsageError
 
 if TYPE_CHECKING:
@@ -118,6 +123,42 @@ def test_batch_size_and_precision_are_recorded_only_when_given(tmp_path: Path,
     decision = validate(replace(request, batch_size=3)).decide()
     assert (decision.action, decision.cause) == ("redo", "parameters")
     assert "batch_size" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("architecture", "tile"),
+    [
+        ({"depth": 3, "base_channels": 8}, 1024),  # the demo model's
+        ({"depth": 3, "base_channels": 16}, 768),
+        ({"depth": 4, "base_channels": 64}, 512),  # the paper's
+        ({"depth": 3, "base_channels": 8, "dims": 3}, 96),
+    ],
+)
+def test_default_tile_is_the_largest_whose_first_level_fits(architecture: dict[str, int],
+                                                            tile: int) -> None:
+    from unet_tiles.model.config import UNetConfig
+
+    assert default_tile(UNetConfig(**architecture)) == tile
+
+
+def test_an_output_keeps_the_tile_it_was_begun_with(tmp_path: Path, make_model: Any) -> None:
+    # Begun at 512 px (as every output was before the default grew with the model):
+    # a rerun without a tile size resumes it at 512, it does not redo it at 1024.
+    request = _request(tmp_path, make_model)
+    begun = validate(replace(request, tile_size=512))
+    with begun.locked():
+        begun.prepare()
+        begun.execute()
+    fresh = validate(replace(request, output=str(tmp_path / "new.zarr")))
+    assert fresh.record.parameters["tile_out"] == 1024
+    again = validate(request)
+    assert again.record.parameters["tile_out"] == 512
+    assert again.decide().action == "resume"
+    assert again.segment().blocks_skipped == 9
+    assert validate(request).decide().action == "skip"
+    # An explicit tile size is still the user's: another one is a redo.
+    decision = validate(replace(request, tile_size=256)).decide()
+    assert (decision.action, decision.cause) == ("redo", "parameters")
 
 
 @pytest.mark.parametrize(

@@ -70,11 +70,17 @@ OUTPUT_KINDS = ("labels", "probabilities", "both", "instances", "labels,instance
 OUTPUT_FORMATS = ("auto", "plain", "ome")
 PROBABILITY_DTYPES = ("float16", "float32")
 # Defaults measured with bench/throughput.py on 2 CPU cores (bench/README.md).
-# 2D tiles of 512 px: as fast as 1024 or faster on CPU for the demo, a depth-3
-# 16-channel and the paper's U-Net, at under half the activations' memory
-# (bench/memory.py, "Memory" in bench/README.md).
 DEFAULT_BLOCK = {2: 2048, 3: 128}
+# The smallest default tile per dims. A tile's activations peak at about four of its
+# first-level feature maps (UNet.forward frees each level's maps as it consumes
+# them), each base_channels x the tile's input pixels x 4 bytes; a 2D tile grows to
+# the largest of LARGER_TILES whose first-level map stays within TILE_MAP_BYTES:
+# 1024 px for the demo model (8 channels), 768 for 16, 512 for the paper's 64.
+# Larger tiles carry less halo per output pixel (bench/tile_sizes.py) at a peak
+# that stays below a plain map_overlap pipeline's (bench/memory.py).
 DEFAULT_TILE = {2: 512, 3: 96}
+LARGER_TILES: dict[int, tuple[int, ...]] = {2: (1024, 768)}
+TILE_MAP_BYTES = 48 << 20
 
 
 @dataclass(frozen=True)
@@ -368,7 +374,10 @@ def validate(request: SegmentRequest) -> Run:
     in_chunks = tuple(source.chunks[source.axes.index(a)] for a in out_axes)
     if request.block_size is not None:
         check_block_size(request.block_size, model.divisor)
-    tile = request.tile_size or DEFAULT_TILE[config.dims]
+    # An output begun without a tile size keeps the tile it was begun with, so a
+    # default that moved (a newer release, another model) resumes it, never redoes it.
+    tile = request.tile_size or _recorded_tile(request.output, model.divisor) \
+        or default_tile(config)
     if tile < model.divisor:
         raise UsageError(f"`tile_size` {tile} is below the model's pooling grid {model.divisor}")
     chunks = output_chunks(shape, in_chunks, config.dims, request.block_size)
@@ -462,6 +471,32 @@ class ModelInfo:
 
     def valid_size(self, n: int) -> int:
         return self.geometry.valid_size(n)
+
+
+def default_tile(config: UNetConfig) -> int:
+    """The tile's output edge when none is asked for (``DEFAULT_TILE``)."""
+    from unet_tiles.model.geometry import UNetGeometry
+
+    geometry = UNetGeometry(config)
+    for tile in LARGER_TILES.get(config.dims, ()):
+        size_in = geometry.valid_size(tile + 2 * geometry.halo[0])
+        if config.base_channels * size_in**config.dims * 4 <= TILE_MAP_BYTES:
+            return tile
+    return DEFAULT_TILE[config.dims]
+
+
+def _recorded_tile(url: str, divisor: int) -> int | None:
+    """The tile an existing unet-tiles output was written with, where this model's
+    pooling grid allows it."""
+    if not writer.output_exists(url):
+        return None
+    try:
+        record = writer.read_record(url)
+    except OutputConflictError:
+        return None  # a record it cannot read: decide() says so, with the reason
+    tile = None if record is None else record.parameters.get("tile_out")
+    usable = isinstance(tile, int) and not isinstance(tile, bool) and tile >= divisor
+    return tile if usable else None
 
 
 def model_and_hash(model_dir: str) -> tuple[ModelInfo, str]:

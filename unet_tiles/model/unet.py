@@ -16,7 +16,7 @@ tiler gives it so that cropped tiles nearly match a whole-image run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ class UNet(nn.Module):
             # up-convolution and the concatenation are freed as soon as they are
             # consumed: at inference a level's peak is 3 of its maps, not 6, which
             # is what bounds the tile size a worker's memory allows.
-            for layer in decoder.layers:
+            for layer in cast("ConvBlock", decoder).layers:
                 x = layer(x)
         return self.head(x)  # type: ignore[no-any-return]
 
