@@ -36,15 +36,14 @@ def tile_rate(model_dir: str, size_in: int, threads: int, seconds: float) -> flo
     """Output pixels per second of this process running ``size_in`` tiles back to back."""
     import torch
 
-    from unet_tiles.pipeline.predict import cached_model, channels_last_on, memory_format
+    from unet_tiles.pipeline.predict import cached_model, channels_last_on, in_layout
 
     torch.set_num_threads(threads)
     # In the layout the engine's CPU workers run it in (predict.channels_last_on).
     channels_last = channels_last_on("cpu")
     model = cached_model(model_dir, "", "cpu", channels_last)
-    x = torch.rand(1, model.config.in_channels, size_in, size_in) * 255
-    if channels_last:
-        x = x.contiguous(memory_format=memory_format(2))
+    x = in_layout(torch.rand(1, model.config.in_channels, size_in, size_in) * 255,
+                  channels_last)
     out = size_in - 2 * model.halo[0]
     with torch.inference_mode():
         model(x)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from distributed import Client
 
+    from unet_tiles.model.unet import UNet
     from unet_tiles.pipeline.plan import Block, BlockPlan
     from unet_tiles.pipeline.source import ImageSource
     from unet_tiles.pipeline.writer import OutputSpec
@@ -89,20 +90,14 @@ class RunSummary:
 
 def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     """Read + predict + write + mark done, in one worker task."""
-    from unet_tiles.pipeline.predict import (
-        cached_model,
-        channels_last_on,
-        pick_device,
-        predict_block,
-    )
+    from unet_tiles.pipeline.predict import pick_device, predict_block
     from unet_tiles.pipeline.window import read_window
     from unet_tiles.pipeline.writer import write_block
 
     _set_torch_threads(job)
     device = pick_device(job.device)
     started = time.perf_counter()
-    channels_last = channels_last_on(device, job.channels_last)
-    model = cached_model(job.model_dir, job.model_hash, device, channels_last)
+    model, channels_last = _job_model(job, device)
     name = block.describe(job.output.axes)
     # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
     window = with_retries(
@@ -148,10 +143,8 @@ def warm_worker(job: BlockJob) -> None:
     from unet_tiles.pipeline.predict import (
         auto_batch,
         autocast,
-        cached_model,
-        channels_last_on,
         device_lock,
-        memory_format,
+        in_layout,
         pick_device,
     )
 
@@ -160,8 +153,7 @@ def warm_worker(job: BlockJob) -> None:
     if job.device == "cuda:worker":
         return
     device = pick_device(job.device)
-    channels_last = channels_last_on(device, job.channels_last)
-    model = cached_model(job.model_dir, job.model_hash, device, channels_last)
+    model, channels_last = _job_model(job, device)
     if job.warm_tile is None:
         return
     on_gpu = device.startswith("cuda")
@@ -169,13 +161,21 @@ def warm_worker(job: BlockJob) -> None:
         # Every tile of a block has one shape, and most blocks share it: autotuning pays.
         torch.backends.cudnn.benchmark = True
     batch = job.batch_size or auto_batch(model, job.warm_tile, device)
-    x = torch.zeros((batch, model.config.in_channels, *job.warm_tile), device=device)
-    if channels_last:  # the kernels chosen are per layout
-        x = x.contiguous(memory_format=memory_format(len(job.warm_tile)))
+    # In the blocks' layout: the kernels chosen are per layout.
+    x = in_layout(torch.zeros((batch, model.config.in_channels, *job.warm_tile),
+                              device=device), channels_last)
     with device_lock(device), torch.inference_mode(), autocast(job.precision, device):
         model(x)
     if on_gpu:
         torch.cuda.synchronize(device)
+
+
+def _job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
+    """This worker's model for ``job`` on ``device``, and whether it runs channels-last."""
+    from unet_tiles.pipeline.predict import cached_model, channels_last_on
+
+    channels_last = channels_last_on(device, job.channels_last)
+    return cached_model(job.model_dir, job.model_hash, device, channels_last), channels_last
 
 
 def _set_torch_threads(job: BlockJob) -> None:

@@ -92,6 +92,13 @@ def memory_format(dims: int) -> torch.memory_format:
     return torch.channels_last if dims == 2 else torch.channels_last_3d
 
 
+def in_layout(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``batch`` ``(N, C, *spatial)`` in the layout of the model's weights (``cached_model``)."""
+    if not channels_last:
+        return batch
+    return batch.contiguous(memory_format=memory_format(batch.dim() - 2))
+
+
 def pick_device(preference: str = "auto") -> str:
     """``auto``: CUDA where the worker sees a GPU; ``cuda:worker``: the GPU of
     index (worker name mod GPU count), for several worker processes sharing GPUs."""
@@ -190,9 +197,8 @@ def predict_block(model: UNet, window: np.ndarray, block: Block, *, want_labels:
         first = 0
         while first < len(positions):
             batch_pos = positions[first : first + batch_size]
-            batch = torch.stack([window_t[_tile_input(pos, tiles)] for pos in batch_pos])
-            if channels_last:
-                batch = batch.contiguous(memory_format=memory_format(dims))
+            batch = in_layout(torch.stack([window_t[_tile_input(pos, tiles)]
+                                           for pos in batch_pos]), channels_last)
             try:
                 logits = model(batch)
             except torch.OutOfMemoryError:
