@@ -158,8 +158,9 @@ class UNet(nn.Module):
             x = torch.cat([_center_crop(skips.pop(), x.shape[2:]), x], dim=1)
             # Layer by layer, with no other reference to each input, so the skip, the
             # up-convolution and the concatenation are freed as soon as they are
-            # consumed: at inference a level's peak is 3 of its maps, not 6, which
-            # is what bounds the tile size a worker's memory allows.
+            # consumed: at inference a level's peak is about 4 of its maps (the
+            # concatenation's inputs and output), not 6, and that peak is what
+            # bounds the tile a worker's memory allows (tests/test_unet.py).
             for layer in cast("ConvBlock", decoder).layers:
                 x = layer(x)
         return self.head(x)  # type: ignore[no-any-return]
