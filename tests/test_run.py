@@ -156,6 +156,7 @@ def test_an_output_keeps_the_tile_it_was_begun_with(tmp_path: Path, make_model: 
     assert again.decide().action == "resume"
     assert again.segment().blocks_skipped == 9
     assert validate(request).decide().action == "skip"
+    assert validate(replace(request, overwrite=True)).record.parameters["tile_out"] == 1024
     # An explicit tile size is still the user's: another one is a redo.
     decision = validate(replace(request, tile_size=256)).decide()
     assert (decision.action, decision.cause) == ("redo", "parameters")

@@ -375,9 +375,10 @@ def validate(request: SegmentRequest) -> Run:
     if request.block_size is not None:
         check_block_size(request.block_size, model.divisor)
     # An output begun without a tile size keeps the tile it was begun with, so a
-    # default that moved (a newer release, another model) resumes it, never redoes it.
-    tile = request.tile_size or _recorded_tile(request.output, model.divisor) \
-        or default_tile(config)
+    # default that moved (a newer release) resumes it, never redoes it; one to be
+    # overwritten gets today's default.
+    recorded = None if request.overwrite else _recorded_tile(request.output, model.divisor)
+    tile = request.tile_size or recorded or default_tile(config)
     if tile < model.divisor:
         raise UsageError(f"`tile_size` {tile} is below the model's pooling grid {model.divisor}")
     chunks = output_chunks(shape, in_chunks, config.dims, request.block_size)
