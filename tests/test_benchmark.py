@@ -77,9 +77,11 @@ def test_tile_rate_measures_output_pixels(make_model: Callable[..., Path]) -> No
     try:
         rate = tile_rate(str(make_model(depth=1)), 64, 1, 0.1)
         assert torch.get_num_threads() == 1
+        volume_rate = tile_rate(str(make_model(depth=1, dims=3)), 24, 1, 0.1)
     finally:
         torch.set_num_threads(threads)
     assert 1e3 < rate < 1e10
+    assert 1e2 < volume_rate < 1e9
 
 
 @pytest.mark.cluster

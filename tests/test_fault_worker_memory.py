@@ -1,6 +1,7 @@
 """Fault 7: a worker runs out of memory on an oversized block.
 
-A single worker with a 400 MB memory limit is given 2048 px blocks: the nanny
+A single worker with a 400 MB memory limit is given 4096 px blocks of 512 px tiles
+(its warm-up pass, one tile, fits well within the limit; the block does not): the nanny
 kills it, dask retries once, and the run stops (no restart loop) with one line
 naming the block and a block size that should fit; the same worker then
 finishes the image with that size.
@@ -34,25 +35,26 @@ pytestmark = [pytest.mark.cluster]
 def test_worker_out_of_memory_says_which_block_size_fits(
         tmp_path: Path, model: Path, spawn: Callable[..., Any],
         external_cluster: Callable[..., Any]) -> None:
-    inp = make_image(tmp_path / "big.zarr", shape=(2048, 2048))
+    inp = make_image(tmp_path / "big.zarr", shape=(4096, 4096))
     # One retry after the first death (dask's default allows 3): no restart loop.
     address, _client = external_cluster(
         nworkers=1, memory_limit="400MB",
         env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
     argv = [sys.executable, "-m", "unet_tiles.cli", "segment", inp, str(tmp_path / "out.zarr"),
-            "--model", str(model), "--block-size", "2048", "--output", "both", "--dtype",
-            "float32", "--no-progress", "--cluster", address]
+            "--model", str(model), "--block-size", "4096", "--output", "both", "--dtype",
+            "float32", "--no-progress", "--cluster", address, "--tile-size", "512"]
     started = time.monotonic()
     status, _stdout, stderr = run_cli(spawn, argv)
     assert status == 1, stderr
     message = [line for line in stderr.splitlines() if line.startswith("unet-tiles")][-1]
-    assert "2 workers died while running block 0.0 (y=0:2048, x=0:2048)" in message, message
-    assert "out of memory with blocks of 2048 px" in message
+    assert "2 workers died while running block 0.0 (y=0:4096, x=0:4096)" in message, message
+    assert "out of memory with blocks of 4096 px" in message
     match = re.search(r"rerun with --block-size (\d+) --overwrite, which should fit", message)
     assert match, message
     assert time.monotonic() - started < 150
     # The advice holds: the same worker finishes the image with the suggested size.
-    status, _stdout, stderr = run_cli(spawn, [*argv[:-7], "--block-size", match.group(1),
+    status, _stdout, stderr = run_cli(spawn, [*argv[:-9], "--tile-size", "512",
+                                             "--block-size", match.group(1),
                                              "--output", "both", "--dtype", "float32",
                                              "--no-progress", "--cluster", address,
                                              "--overwrite"])

@@ -33,7 +33,8 @@ TILE_TARGETS = (256, 384, 512, 600, 688, 768, 1024, 1536, 2048)
 
 
 def tile_rate(model_dir: str, size_in: int, threads: int, seconds: float) -> float:
-    """Output pixels per second of this process running ``size_in`` tiles back to back."""
+    """Output pixels (voxels in 3D) per second of this process running tiles of edge
+    ``size_in`` back to back."""
     import torch
 
     from unet_tiles.pipeline.predict import cached_model, channels_last_on, in_layout
@@ -42,7 +43,8 @@ def tile_rate(model_dir: str, size_in: int, threads: int, seconds: float) -> flo
     # In the layout the engine's CPU workers run it in (predict.channels_last_on).
     channels_last = channels_last_on("cpu")
     model = cached_model(model_dir, "", "cpu", channels_last)
-    x = in_layout(torch.rand(1, model.config.in_channels, size_in, size_in) * 255,
+    dims = model.config.dims
+    x = in_layout(torch.rand(1, model.config.in_channels, *(size_in,) * dims) * 255,
                   channels_last)
     out = size_in - 2 * model.halo[0]
     with torch.inference_mode():
@@ -52,7 +54,7 @@ def tile_rate(model_dir: str, size_in: int, threads: int, seconds: float) -> flo
             model(x)
             count += 1
         elapsed = time.perf_counter() - started
-    return count * out * out / elapsed
+    return float(count * out**dims / elapsed)
 
 
 def parallel_rate(model_dir: str, size_in: int, processes: int, threads: int,
