@@ -65,9 +65,10 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--block-size", type=int, default=None, metavar="N",
                        help="block edge in pixels (a multiple of the output chunks)")
     group.add_argument("--tile-size", type=int, default=None, metavar="N",
-                       help="target tile output edge in pixels (default: 1024 in 2D for "
-                       "models with 8 first-level channels or fewer, 768 for 16, else 512; "
-                       "96 in 3D; an unfinished output keeps the tile it was begun with)")
+                       help="target tile output edge in pixels (default in 2D: the largest "
+                       "of 1024 and 768 whose first-level feature map fits 48 MiB, else 512, "
+                       "e.g. 1024 for the demo model; 96 in 3D; an unfinished output keeps "
+                       "the tile it was begun with)")
     group.add_argument("--batch-size", type=int, default=None, metavar="N",
                        help="tiles per forward pass (default: 1 on CPU, what half the "
                        "free memory holds on a GPU)")

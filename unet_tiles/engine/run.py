@@ -75,7 +75,8 @@ DEFAULT_BLOCK = {2: 2048, 3: 128}
 # first-level feature maps (UNet.forward frees each level's maps as it consumes
 # them), each base_channels x the tile's input pixels x 4 bytes; a 2D tile grows to
 # the largest of LARGER_TILES whose first-level map stays within TILE_MAP_BYTES:
-# 1024 px for the demo model (8 channels), 768 for 16, 512 for the paper's 64.
+# 1024 px for the demo model (depth 3, 8 channels), 768 for depth 3 with 16 channels,
+# 512 for the paper's (depth 4, 64); a deeper model's larger halo can step it down.
 # Larger tiles carry less halo per output pixel (bench/tile_sizes.py) at a peak
 # that stays below a plain map_overlap pipeline's (bench/memory.py).
 DEFAULT_TILE = {2: 512, 3: 96}
