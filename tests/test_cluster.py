@@ -44,6 +44,10 @@ def _scheduler_config() -> dict[str, Any]:
     return {key: dask.config.get(key) for key in LOCAL_CLUSTER_CONFIG}
 
 
+def _pause_fraction(dask_worker: Any) -> Any:
+    return dask_worker.memory_manager.memory_pause_fraction
+
+
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.items():
@@ -82,6 +86,9 @@ def test_local_cpu_cluster_info_workers_and_config(no_gpus: None) -> None:
         client.submit(time.sleep, 1.5, pure=False).result()
         profile = client.profile()
         assert profile["count"] == 0
+        # Pausing is off in the worker's memory manager itself (engine/paused.py).
+        (pause,) = client.run(_pause_fraction).values()
+        assert pause is False
     # The driver's whole dask config is as it was, not just the keys set.
     assert _flat(dask.config.config) == before
 

@@ -304,6 +304,8 @@ def test_a_gpu_job_script_asks_for_the_gpus_and_runs_dask_cuda_workers() -> None
     assert "#SBATCH --constraint=a100" in lines
     assert "#SBATCH -o logs/dask-worker-%J.out" in lines
     assert "module load cuda/12" in lines
+    # Pausing off on the workers, as on local clusters (engine/paused.py).
+    assert "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in lines
     (command,) = [line for line in lines if " -m " in line]
     # dask-cuda's `dask cuda worker` (dask_cuda/cli.py), a GPU unit per thread; no
     # --nworkers: it starts one worker per GPU of the job itself.
@@ -539,7 +541,10 @@ def test_the_manifest_connect_builds_fits_the_crd_and_the_models(
     (worker,) = manifest["spec"]["worker"]["spec"]["containers"]
     (scheduler,) = manifest["spec"]["scheduler"]["spec"]["containers"]
     assert "resources" not in scheduler  # the scheduler needs no GPU
-    assert worker["env"] == scheduler["env"] == [{"name": "A", "value": "1"}]
+    # Pausing off on the workers, as on local clusters (engine/paused.py).
+    assert worker["env"] == scheduler["env"] == [
+        {"name": "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE", "value": "False"},
+        {"name": "A", "value": "1"}]
     if resources:
         assert worker["resources"] == {"limits": {"nvidia.com/gpu": "2", "memory": "32Gi"}}
         assert worker["args"][:7] == ["dask", "cuda", "worker", "--nthreads", "2",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles.engine.faults import with_retries
+from unet_tiles.engine.paused import PausedWorkersWatch
 from unet_tiles.engine.progress import BlockProgress
 from unet_tiles.errors import BlockFailedError, DiskFullError
 
@@ -170,6 +172,21 @@ def warm_worker(job: BlockJob) -> None:
         torch.cuda.synchronize(device)
 
 
+def warm_workers(client: Client, job: BlockJob) -> None:
+    """Run ``warm_worker`` on every worker of ``client``'s cluster.
+
+    A worker that fails or dies here (a tile too large for its memory limit kills it
+    in this pass) is only logged: its first block meets the same error as a task, where
+    the retry rules and the out-of-memory advice of ``run_plan`` apply, instead of a
+    broadcast's traceback ending the run before any block.
+    """
+    results = client.run(warm_worker, job, on_error="return")
+    for address, result in results.items():
+        if isinstance(result, BaseException):
+            logger.warning("warming worker %s failed (%s: %s); its first block runs cold",
+                           address, type(result).__name__, result)
+
+
 def _job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
     """This worker's model for ``job`` on ``device``, and whether it runs channels-last."""
     from unet_tiles.pipeline.predict import cached_model, channels_last_on
@@ -231,6 +248,8 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
     # Blocks, Mpx/s and ETA on a terminal; nothing elsewhere unless progress=True.
     bar = BlockProgress(len(plan), summary.blocks_skipped, enabled=progress)
     by_key: dict[str, Block] = {}
+    in_flight: dict[str, Any] = {}
+    in_flight_lock = threading.Lock()
     token = uuid.uuid4().hex[:12]
     pending = iter(todo)
 
@@ -240,33 +259,46 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             pure=False, retries=retries, resources=resources,
         )
         by_key[str(future.key)] = block
+        with in_flight_lock:
+            in_flight[str(future.key)] = future
         return future
 
+    def cancel_in_flight() -> None:
+        with in_flight_lock:
+            futures = list(in_flight.values())
+        client.cancel(futures)
+
     fatal: str | None = None
-    # as_completed binds to the *default* client's event loop unless told; an
-    # archive runs each image on its own, non-default client, and the futures'
-    # events must be awaited on that client's loop (dask/distributed#4317).
-    queue = as_completed([submit(b) for b in _take(pending, max_in_flight)], loop=client.loop)
-    for future in queue:
-        block = by_key.pop(str(future.key))
-        pixels = 0
-        try:
-            info = future.result()
-            pixels = int(info["pixels"])
-            summary.blocks_done += 1
-            summary.pixels += pixels
-        except Exception as exc:
-            summary.failures.append(_failure(block, job, exc))
-            # A full disk or a worker killed again and again fails every next block
-            # the same way: start no more (faults.py), report the cause once.
-            fatal = fatal or _fatal(exc, block, plan, job, client)
-        finally:
-            future.release()
-        bar.update(pixels)
-        if on_block is not None:
-            on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
-        for nxt in _take(pending, 0 if fatal else 1):
-            queue.add(submit(nxt))
+    # Workers all paused by dask's memory monitor would never start the blocks.
+    watch = PausedWorkersWatch(client, cancel_in_flight)
+    with watch:
+        # as_completed binds to the *default* client's event loop unless told; an
+        # archive runs each image on its own, non-default client, and the futures'
+        # events must be awaited on that client's loop (dask/distributed#4317).
+        queue = as_completed([submit(b) for b in _take(pending, max_in_flight)],
+                             loop=client.loop)
+        for future in queue:
+            block = by_key.pop(str(future.key))
+            with in_flight_lock:
+                in_flight.pop(str(future.key), None)
+            pixels = 0
+            try:
+                info = future.result()
+                pixels = int(info["pixels"])
+                summary.blocks_done += 1
+                summary.pixels += pixels
+            except Exception as exc:
+                summary.failures.append(_failure(block, job, exc))
+                # A full disk or a worker killed again and again fails every next
+                # block the same way: start no more (faults.py), report the cause once.
+                fatal = fatal or watch.reason or _fatal(exc, block, plan, job, client)
+            finally:
+                future.release()
+            bar.update(pixels)
+            if on_block is not None:
+                on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
+            for nxt in _take(pending, 0 if fatal else 1):
+                queue.add(submit(nxt))
     bar.close()
     summary.seconds = time.perf_counter() - started
     if fatal:

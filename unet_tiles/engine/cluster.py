@@ -63,10 +63,16 @@ CPU_WORKER_MALLOC = {
 # seconds, so nothing is lost but the dashboard's profile page and resolution;
 # profile on your own cluster (--cluster tcp://...). The memory monitor (OOM
 # protection) keeps its default.
+#
+# Pausing is off: a worker pauses above 80 % of its memory limit until spilling
+# task results brings it down, but blocks return no data to spill, so the memory is
+# the worker's own heap and a paused worker never resumes (engine/paused.py). A
+# block that does not fit meets the nanny's limit instead, and its advice.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.pause": False,
 }
 
 
@@ -300,6 +306,9 @@ def _remote(address: str | None, *, scheduler_file: str | None = None,
 # Where the clusters below put their scheduler's dashboard: loopback only, as the local
 # clusters do (it shows paths and logs, and has no auth); ssh -L to look at it.
 SPEC_DASHBOARD = "127.0.0.1:0"
+# The workers of SLURM jobs and Kubernetes pods start pausing off as the local ones
+# do (LOCAL_CLUSTER_CONFIG): through their environment, the one setting they share.
+NO_PAUSE_ENV = {"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}
 # What `python -m` runs on a SLURM job's GPU node: dask-cuda's `dask cuda worker`
 # (dask_cuda/cli.py runs its worker command as __main__), one worker per GPU.
 SLURM_GPU_WORKER = "dask_cuda.cli"
@@ -338,6 +347,9 @@ def slurm_cluster(spec: SlurmSpec) -> Any:
         # Each block claims one unit of GPU; a worker has a unit per thread.
         worker_args = ["--resources", f"GPU={spec.threads_per_worker}", *worker_args]
         extra["worker_command"] = SLURM_GPU_WORKER
+    extra["job_script_prologue"] = [*(f"export {name}={value}" for name, value in
+                                      NO_PAUSE_ENV.items()),
+                                    *extra.get("job_script_prologue", [])]
     extra["scheduler_options"] = {"dashboard_address": SPEC_DASHBOARD,
                                   **extra.get("scheduler_options", {})}
     given: dict[str, Any] = {
@@ -396,7 +408,7 @@ def kubernetes_manifest(spec: KubernetesSpec) -> dict[str, Any]:
         command += ["--resources", f"GPU={threads}"]
     manifest: dict[str, Any] = make_cluster_spec(
         name=spec.name, image=spec.image, n_workers=spec.n_workers,
-        env=dict(spec.env) or None, worker_command=command,
+        env={**NO_PAUSE_ENV, **spec.env}, worker_command=command,
         scheduler_service_type=spec.scheduler_service_type)
     worker = manifest["spec"]["worker"]["spec"]["containers"][0]
     if spec.resources:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles import __version__
-from unet_tiles.engine.blocks import BlockJob, RunSummary, run_plan, run_serial, warm_worker
+from unet_tiles.engine.blocks import BlockJob, RunSummary, run_plan, run_serial, warm_workers
 from unet_tiles.engine.lock import RunLock
 from unet_tiles.engine.pyramid import build_pyramid
 from unet_tiles.errors import InputError, OutputConflictError, UsageError
@@ -298,7 +298,7 @@ class Run:
             summary = run_serial(self.plan, job, skip=skip)
         else:
             if not skip.all():
-                client.run(warm_worker, job)
+                warm_workers(client, job)
             summary = run_plan(client, self.plan, job, skip=skip, progress=progress,
                                resources=resources, on_block=on_block, **kwargs)
         if job.output.want_instances:
