@@ -50,4 +50,5 @@ def test_all_workers_paused_ends_the_run_with_the_reason(
     assert time.monotonic() - started < 90
     # Nothing ran: the output is there to resume, none of its blocks marked done.
     grid = done_grid(out)
-    assert grid is not None and not grid.any()
+    assert grid is not None
+    assert not grid.any()
