@@ -162,6 +162,32 @@ def test_an_output_keeps_the_tile_it_was_begun_with(tmp_path: Path, make_model: 
     assert (decision.action, decision.cause) == ("redo", "parameters")
 
 
+def test_an_output_keeps_the_block_it_was_begun_with(tmp_path: Path, make_model: Any) -> None:
+    # Begun with 128 voxel blocks (the 3D default before it became 192): a rerun without
+    # a block size resumes it with 128, it does not redo it with 192.
+    volume = (np.random.default_rng(0).random((16, 256, 256)) * 255).astype("uint8")
+    src = write_zarr(tmp_path / "in.zarr", volume, (16, 64, 64))
+    request = SegmentRequest(src, str(tmp_path / "out.zarr"),
+                             str(make_model(dims=3, classes=2)), tile_size=64)
+    begun = validate(replace(request, block_size=128))
+    assert begun.record.parameters["block_shape"] == [16, 128, 128]
+    with begun.locked():
+        begun.prepare()
+        begun.execute()
+    fresh = validate(replace(request, output=str(tmp_path / "new.zarr")))
+    assert fresh.record.parameters["block_shape"] == [16, 192, 192]
+    again = validate(request)
+    assert again.record.parameters["block_shape"] == [16, 128, 128]
+    assert again.decide().action == "resume"
+    assert again.segment().blocks_skipped == 4
+    assert validate(request).decide().action == "skip"
+    overwrite = validate(replace(request, overwrite=True))
+    assert overwrite.record.parameters["block_shape"] == [16, 192, 192]
+    # An explicit block size is still the user's: another one is a redo.
+    decision = validate(replace(request, block_size=256)).decide()
+    assert (decision.action, decision.cause) == ("redo", "parameters")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

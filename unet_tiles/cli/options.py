@@ -63,7 +63,8 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="float16", choices=PROBABILITY_DTYPES,
                        help="dtype of probabilities (default float16)")
     group.add_argument("--block-size", type=int, default=None, metavar="N",
-                       help="block edge in pixels (a multiple of the output chunks)")
+                       help="block edge in pixels, in whole output chunks (default 2048 in 2D, "
+                       "192 in 3D; an unfinished output keeps the block it was begun with)")
     group.add_argument("--tile-size", type=int, default=None, metavar="N",
                        help="target tile output edge in pixels (default in 2D: the largest "
                        "of 1024 and 768 whose first-level feature map fits 48 MiB, else 512, "

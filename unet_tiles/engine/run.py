@@ -69,8 +69,11 @@ OUTPUT_KINDS = ("labels", "probabilities", "both", "instances", "labels,instance
 # auto: the OME layout for an OME-Zarr input, the plain one otherwise (writer.py).
 OUTPUT_FORMATS = ("auto", "plain", "ome")
 PROBABILITY_DTYPES = ("float16", "float32")
-# Defaults measured with bench/throughput.py on 2 CPU cores (bench/README.md).
-DEFAULT_BLOCK = {2: 2048, 3: 128}
+# Defaults measured on 2 CPU cores (bench/README.md): 2D with bench/throughput.py, 3D
+# with bench/volume.py. A 3D block is two default tiles a side: at 128 voxels the
+# 96 voxel tile was evened out to 2 x 64, 14.5 input voxels per output voxel
+# against 7.5, and ran 0.58x as fast.
+DEFAULT_BLOCK = {2: 2048, 3: 192}
 # The smallest default tile per dims. A tile's activations peak at about four of its
 # first-level feature maps (UNet.forward frees each level's maps as it consumes
 # them), each base_channels x the tile's input pixels x 4 bytes; a 2D tile grows to
@@ -375,11 +378,11 @@ def validate(request: SegmentRequest) -> Run:
     in_chunks = tuple(source.chunks[source.axes.index(a)] for a in out_axes)
     if request.block_size is not None:
         check_block_size(request.block_size, model.divisor)
-    # An output begun without a tile size keeps the tile it was begun with, so a
-    # default that moved (a newer release) resumes it, never redoes it; one to be
-    # overwritten gets today's default.
-    recorded = None if request.overwrite else _recorded_tile(request.output, model.divisor)
-    tile = request.tile_size or recorded or default_tile(config)
+    # An output begun without a tile or block size keeps the ones it was begun with,
+    # so a default that moved (a newer release) resumes it, never redoes it; one to
+    # be overwritten gets today's defaults.
+    recorded = Recorded() if request.overwrite else _recorded(request.output, model.divisor)
+    tile = request.tile_size or recorded.tile or default_tile(config)
     if tile < model.divisor:
         raise UsageError(f"`tile_size` {tile} is below the model's pooling grid {model.divisor}")
     chunks = output_chunks(shape, in_chunks, config.dims, request.block_size)
@@ -387,7 +390,7 @@ def validate(request: SegmentRequest) -> Run:
         shard_shape(shape, chunks, config.dims, request.shard)
     # With shards, blocks are unions of whole shards: no two tasks write one shard.
     blocks = block_shape(shape, shards or chunks, config.dims, request.block_size,
-                         DEFAULT_BLOCK[config.dims])
+                         recorded.block or DEFAULT_BLOCK[config.dims])
     plan = make_plan(shape, config.dims, chunks, blocks, model, tile, shards)
     layout = _ome_layout(request, source, out_axes, shape, config.dims)
     if shards is not None and layout is not None and layout.zarr_format == 2:
@@ -487,18 +490,38 @@ def default_tile(config: UNetConfig) -> int:
     return DEFAULT_TILE[config.dims]
 
 
-def _recorded_tile(url: str, divisor: int) -> int | None:
-    """The tile an existing unet-tiles output was written with, where this model's
-    pooling grid allows it."""
+@dataclass(frozen=True)
+class Recorded:
+    """The sizes an existing output was begun with, where no size is asked for: a
+    default that moved (a newer release) resumes it, never redoes it."""
+
+    tile: int | None = None
+    # The largest spatial edge of its blocks: block_shape() gives the same blocks back
+    # for the same chunks (they are whole chunks, or the image's edge).
+    block: int | None = None
+
+
+def _recorded(url: str, divisor: int) -> Recorded:
+    """The tile and block an existing unet-tiles output was written with, where this
+    model's pooling grid allows them."""
     if not writer.output_exists(url):
-        return None
+        return Recorded()
     try:
         record = writer.read_record(url)
     except OutputConflictError:
-        return None  # a record it cannot read: decide() says so, with the reason
-    tile = None if record is None else record.parameters.get("tile_out")
-    usable = isinstance(tile, int) and not isinstance(tile, bool) and tile >= divisor
-    return tile if usable else None
+        return Recorded()  # a record it cannot read: decide() says so, with the reason
+    if record is None:
+        return Recorded()
+    tile = record.parameters.get("tile_out")
+    blocks = record.parameters.get("block_shape")
+    block = max(blocks) if isinstance(blocks, list) and blocks and all(
+        _whole(b, 1) for b in blocks) else None
+    return Recorded(tile if _whole(tile, divisor) else None,
+                    block if _whole(block, divisor) else None)
+
+
+def _whole(value: object, at_least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
 
 
 def model_and_hash(model_dir: str) -> tuple[ModelInfo, str]:
