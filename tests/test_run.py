@@ -162,6 +162,19 @@ def test_an_output_keeps_the_tile_it_was_begun_with(tmp_path: Path, make_model: 
     assert (decision.action, decision.cause) == ("redo", "parameters")
 
 
+@pytest.mark.parametrize(("input_chunk", "output_chunk"), [(64, 64), (128, 96), (256, 192)])
+def test_a_3d_default_block_is_two_default_tiles_whatever_the_input_chunks(
+        tmp_path: Path, make_model: Any, input_chunk: int, output_chunk: int) -> None:
+    volume = np.zeros((16, 384, 384), dtype="uint8")
+    src = write_zarr(tmp_path / "in.zarr", volume, (16, input_chunk, input_chunk))
+    run = validate(SegmentRequest(src, str(tmp_path / "out.zarr"),
+                                  str(make_model(dims=3, classes=2))))
+    assert run.record.parameters["chunks"] == [16, output_chunk, output_chunk]
+    assert run.record.parameters["block_shape"] == [16, 192, 192]
+    block = next(iter(run.plan))
+    assert [axis.stride for axis in block.tiles[1:]] == [96, 96]
+
+
 def test_an_output_keeps_the_block_it_was_begun_with(tmp_path: Path, make_model: Any) -> None:
     # Begun with 128 voxel blocks (the 3D default before it became 192): a rerun without
     # a block size resumes it with 128, it does not redo it with 192.

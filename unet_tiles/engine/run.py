@@ -385,12 +385,17 @@ def validate(request: SegmentRequest) -> Run:
     tile = request.tile_size or recorded.tile or default_tile(config)
     if tile < model.divisor:
         raise UsageError(f"`tile_size` {tile} is below the model's pooling grid {model.divisor}")
-    chunks = output_chunks(shape, in_chunks, config.dims, request.block_size)
+    block = request.block_size or recorded.block or DEFAULT_BLOCK[config.dims]
+    # A 3D block is whole output chunks of exactly its size, so it splits into whole
+    # default tiles: a 192 voxel block over 128 voxel chunks would become 256, tiles
+    # of 88 (bench/volume.py). In 2D the input's power-of-two chunks already divide
+    # the default block.
+    chunks = output_chunks(shape, in_chunks, config.dims,
+                           block if config.dims == 3 else request.block_size)
     shards = None if request.shard is None else \
         shard_shape(shape, chunks, config.dims, request.shard)
     # With shards, blocks are unions of whole shards: no two tasks write one shard.
-    blocks = block_shape(shape, shards or chunks, config.dims, request.block_size,
-                         recorded.block or DEFAULT_BLOCK[config.dims])
+    blocks = block_shape(shape, shards or chunks, config.dims, request.block_size, block)
     plan = make_plan(shape, config.dims, chunks, blocks, model, tile, shards)
     layout = _ome_layout(request, source, out_axes, shape, config.dims)
     if shards is not None and layout is not None and layout.zarr_format == 2:
