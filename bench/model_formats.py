@@ -1,6 +1,6 @@
 """The model alone on CPU in each tensor layout and precision, measured side by side.
 
-    python bench/model_formats.py [--seconds 2] [--rounds 4]
+    python bench/model_formats.py [--seconds 2] [--rounds 4] [--compile]
 
 For the shipped demo model, a depth-3 16-channel model, the paper's U-Net (depth 4,
 64 base channels) and a 3D model (depth 3, 8 base channels), on the engine's default
@@ -9,7 +9,9 @@ tile, in this process with one torch thread (a CPU worker's share):
 * contiguous (NCHW) float32, the baseline;
 * channels-last float32 (the engine's CPU default, ``predict.channels_last_on``);
 * channels-last with bfloat16 autocast, where the CPU has native bfloat16
-  (``avx512_bf16`` or ``amx_bf16``); elsewhere it is emulated and not worth timing.
+  (``avx512_bf16`` or ``amx_bf16``); elsewhere it is emulated and not worth timing;
+* with ``--compile``, channels-last float32 through ``torch.compile`` (inductor), its
+  compile time printed (the first call, for the tile's shape).
 
 The samples alternate (``--rounds`` of ``--seconds`` each) so a drifting machine hits
 every variant alike; the speed-up is the median of the per-round ratios. Each
@@ -64,6 +66,21 @@ def compare(name: str, model: Any, tile: Any, args: argparse.Namespace) -> None:
                 ("channels-last float32", last, tile_last, False)]
     if native_bfloat16():
         variants.append(("channels-last bfloat16", last, tile_last, True))
+    if args.compile:
+        # Static shapes: every model here is its own compile, not a recompile that
+        # dynamo would make dynamic (which failed in inductor for the 3D model).
+        compiled = torch.compile(last, dynamic=False)
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                compiled(tile_last)
+        except Exception as exc:  # inductor's own failures: report, measure the rest
+            print(f"  torch.compile failed: {type(exc).__name__}: "
+                  f"{str(exc).splitlines()[0][:200]}", flush=True)
+        else:
+            print(f"  torch.compile: {time.perf_counter() - started:.1f} s for the first "
+                  "call", flush=True)
+            variants.append(("channels-last compiled", compiled, tile_last, False))
     with torch.inference_mode():
         reference = model(tile)
         agreement = {}
@@ -92,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--compile", action="store_true",
+                        help="also channels-last float32 through torch.compile")
     args = parser.parse_args()
     import numpy as np
     import torch
@@ -103,7 +122,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     work = workdir("unet-tiles-formats-")
-    image = zarr.open_array(synthetic_input(work, 1024), mode="r")
+    image = zarr.open_array(synthetic_input(work, 2048), mode="r")  # > the largest tile
     print(f"one torch thread; native bfloat16: {native_bfloat16()}")
     models = [("demo model", load_model(str(DEMO_MODEL)))]
     models += [(name, build_unet(UNetConfig(input_scale=(1 / 255,), **config), seed=0))

@@ -1,10 +1,14 @@
-"""Fault 7: a worker runs out of memory on an oversized block.
+"""Fault 7: a worker runs out of memory on an oversized block, or in its warm-up.
 
 A single worker with a 400 MB memory limit is given 4096 px blocks of 512 px tiles
 (its warm-up pass, one tile, fits well within the limit; the block does not): the nanny
 kills it, dask retries once, and the run stops (no restart loop) with one line
 naming the block and a block size that should fit; the same worker then
 finishes the image with that size.
+
+A tile too large for the limit kills the worker already in its warm-up pass (one
+batch of the plan's tile before the first block): the run goes on to the blocks and
+ends with the same line, not with the warm-up broadcast's traceback.
 """
 
 from __future__ import annotations
@@ -31,18 +35,25 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.cluster]
 
 
+def _one_small_worker(tmp_path: Path, model: Path, external_cluster: Callable[..., Any],
+                      tile: int) -> list[str]:
+    """The segment command for a 4096 px image in one 4096 px block of ``tile`` px tiles,
+    on one worker with a 400 MB limit that dask retries once after its first death
+    (its default allows 3): no restart loop."""
+    inp = make_image(tmp_path / "big.zarr", shape=(4096, 4096))
+    address, _client = external_cluster(
+        nworkers=1, memory_limit="400MB",
+        env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    return [sys.executable, "-m", "unet_tiles.cli", "segment", inp, str(tmp_path / "out.zarr"),
+            "--model", str(model), "--block-size", "4096", "--output", "both", "--dtype",
+            "float32", "--no-progress", "--cluster", address, "--tile-size", str(tile)]
+
+
 @pytest.mark.slow
 def test_worker_out_of_memory_says_which_block_size_fits(
         tmp_path: Path, model: Path, spawn: Callable[..., Any],
         external_cluster: Callable[..., Any]) -> None:
-    inp = make_image(tmp_path / "big.zarr", shape=(4096, 4096))
-    # One retry after the first death (dask's default allows 3): no restart loop.
-    address, _client = external_cluster(
-        nworkers=1, memory_limit="400MB",
-        env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
-    argv = [sys.executable, "-m", "unet_tiles.cli", "segment", inp, str(tmp_path / "out.zarr"),
-            "--model", str(model), "--block-size", "4096", "--output", "both", "--dtype",
-            "float32", "--no-progress", "--cluster", address, "--tile-size", "512"]
+    argv = _one_small_worker(tmp_path, model, external_cluster, 512)
     started = time.monotonic()
     status, _stdout, stderr = run_cli(spawn, argv)
     assert status == 1, stderr
@@ -53,10 +64,23 @@ def test_worker_out_of_memory_says_which_block_size_fits(
     assert match, message
     assert time.monotonic() - started < 150
     # The advice holds: the same worker finishes the image with the suggested size.
-    status, _stdout, stderr = run_cli(spawn, [*argv[:-9], "--tile-size", "512",
-                                             "--block-size", match.group(1),
-                                             "--output", "both", "--dtype", "float32",
-                                             "--no-progress", "--cluster", address,
+    # (The last --block-size given counts.)
+    status, _stdout, stderr = run_cli(spawn, [*argv, "--block-size", match.group(1),
                                              "--overwrite"])
     assert status == 0, stderr
     assert done_grid(str(tmp_path / "out.zarr")).all()  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_worker_killed_in_its_warm_up_gets_the_same_advice(
+        tmp_path: Path, model: Path, spawn: Callable[..., Any],
+        external_cluster: Callable[..., Any]) -> None:
+    argv = [*_one_small_worker(tmp_path, model, external_cluster, 4096), "--batch-size", "1"]
+    started = time.monotonic()
+    status, _stdout, stderr = run_cli(spawn, argv, timeout=200)
+    assert status == 1, stderr
+    message = [line for line in stderr.splitlines() if line.startswith("unet-tiles")][-1]
+    assert "died while running block 0.0 (y=0:4096, x=0:4096)" in message, message
+    assert "rerun with --block-size" in message, message
+    assert "warming worker" in stderr  # the warm-up's death, logged
+    assert time.monotonic() - started < 150
