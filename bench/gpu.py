@@ -1,6 +1,6 @@
 """The CUDA path: fixed start-up apart from the steady state, against model-only, per model.
 
-    python bench/gpu.py [--model-seconds 30] [--size 8192] [--models demo paper]
+    python bench/gpu.py [--model-seconds 30] [--size 8192] [--models demo paper] [--compile]
     python bench/gpu.py --cluster cpu --size 1024 --model-seconds 2   # a smoke run on CPU
 
 For each model (the demo model's architecture, and the paper's U-Net: depth 4, 64
@@ -8,7 +8,8 @@ base channels), in one run on one device:
 
 * model-only: output Mpx/s of batches of the default tile already on the device
   (float16 autocast and the tensor layout, as the engine runs it), and the other
-  layout's rate against it (channels-last or contiguous: ``predict.channels_last_on``);
+  layout's rate against it (channels-last or contiguous: ``predict.channels_last_on``),
+  and with ``--compile`` the model through ``torch.compile`` against eager;
 * fixed start-up: cluster start, then every worker warmed (CUDA context, model
   load, cuDNN's kernel choice for the plan's tile shape: ``blocks.warm_worker``);
 * steady state: the generated SIZE x SIZE image segmented again and again on the
@@ -65,10 +66,28 @@ def model_rate(model: Any, size_in: int, batch: int, device: str, seconds: float
     return count * batch * out * out / elapsed
 
 
+def compiled_rate(name: str, model: Any, size_in: int, batch: int, device: str,
+                  seconds: float, channels_last: bool, eager: float) -> None:
+    """Print ``torch.compile``'s model-only rate against eager's and its first call."""
+    import torch
+
+    compiled = torch.compile(model, dynamic=False)
+    started = time.perf_counter()
+    try:
+        rate = model_rate(compiled, size_in, batch, device, seconds, channels_last)
+    except Exception as exc:  # inductor's own failures: report, measure the rest
+        print(f"{name}: torch.compile failed: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:200]}", flush=True)
+        return
+    first = time.perf_counter() - started - seconds
+    print(f"{name}: model only through torch.compile {rate / eager:.2f} x eager "
+          f"(compiling and warming: {first:.1f} s)", flush=True)
+
+
 def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Namespace) -> None:
     import torch
 
-    from unet_tiles.engine.blocks import warm_worker
+    from unet_tiles.engine.blocks import warm_workers
     from unet_tiles.engine.cluster import connect
     from unet_tiles.engine.run import SegmentRequest, default_tile, validate
     from unet_tiles.model.files import load_model
@@ -89,6 +108,9 @@ def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Names
     other_rate = model_rate(model, size_in, batch, device, args.seconds, other)
     print(f"{name}: model only, {'channels-last' if other else 'contiguous'} instead of the "
           f"engine's layout: {other_rate / ceiling:.2f} x the engine's", flush=True)
+    if args.compile:
+        compiled_rate(name, model.to(memory_format=layout[channels_last_on(device)]), size_in,
+                      batch, device, args.seconds, channels_last_on(device), ceiling)
     del model
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -102,7 +124,7 @@ def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Names
         cluster_s = time.perf_counter() - started
         run = validate(SegmentRequest(src, str(work / f"{name}-0.zarr"), model_dir))
         warm = time.perf_counter()
-        client.run(warm_worker, run.job)
+        warm_workers(client, run.job)
         warm_s = time.perf_counter() - warm
         done_pixels, block_s = 0, 0.0
         steady = time.perf_counter()
@@ -129,6 +151,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     parser.add_argument("--cluster", default="cuda", help="cuda (default), local or cpu")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--compile", action="store_true",
+                        help="also the model alone through torch.compile")
     args = parser.parse_args()
     from unet_tiles.model.files import save_model
     from unet_tiles.model.unet import UNetConfig, build_unet
