@@ -247,8 +247,8 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
         max_in_flight = 2 * threads
     # Blocks, Mpx/s and ETA on a terminal; nothing elsewhere unless progress=True.
     bar = BlockProgress(len(plan), summary.blocks_skipped, enabled=progress)
-    by_key: dict[str, Block] = {}
-    in_flight: dict[str, Any] = {}
+    # Each submitted block and its future, by key; the watch's thread reads it too.
+    in_flight: dict[str, tuple[Block, Any]] = {}
     in_flight_lock = threading.Lock()
     token = uuid.uuid4().hex[:12]
     pending = iter(todo)
@@ -258,14 +258,13 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             process_block, job, block, key=f"block-{block.id}-{token}",
             pure=False, retries=retries, resources=resources,
         )
-        by_key[str(future.key)] = block
         with in_flight_lock:
-            in_flight[str(future.key)] = future
+            in_flight[str(future.key)] = (block, future)
         return future
 
     def cancel_in_flight() -> None:
         with in_flight_lock:
-            futures = list(in_flight.values())
+            futures = [future for _block, future in in_flight.values()]
         client.cancel(futures)
 
     fatal: str | None = None
@@ -278,9 +277,8 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
         queue = as_completed([submit(b) for b in _take(pending, max_in_flight)],
                              loop=client.loop)
         for future in queue:
-            block = by_key.pop(str(future.key))
             with in_flight_lock:
-                in_flight.pop(str(future.key), None)
+                block, _future = in_flight.pop(str(future.key))
             pixels = 0
             try:
                 info = future.result()
