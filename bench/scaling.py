@@ -296,7 +296,7 @@ def _snapshot(scheduler: Any, hosts: list[Any]) -> dict[str, Any]:
 def measure(client: Client, scheduler: Any, hosts: list[Any], n: int, block: int,
             sleep_s: float, gpu_mpxs: float | None, image: str, model: str, work: Path,
             warm: float, duration: float) -> Point:
-    from unet_tiles.engine.blocks import run_plan, warm_worker
+    from unet_tiles.engine.blocks import run_plan, warm_workers
     from unet_tiles.engine.run import SegmentRequest, validate
 
     output = work / f"out-{n}-{block}.zarr"
@@ -305,7 +305,7 @@ def measure(client: Client, scheduler: Any, hosts: list[Any], n: int, block: int
                                   block_size=block))
     # As Run.execute does: import torch and "load the model" (here the fake's
     # no-op) on every worker before the first block.
-    client.run(warm_worker, run.job)
+    warm_workers(client, run.job)
     in_flight = 2 * n  # run_plan's default: 2 per worker thread
     last_full = len(run.plan) - in_flight  # afterwards fewer blocks are in flight
     state: dict[str, Any] = {"start": None, "end": None, "first": 0, "count": 0}

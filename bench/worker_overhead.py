@@ -108,11 +108,11 @@ def pool_mode(target: Callable[[BlockJob, list[Block]], int], environ: dict[str,
 
 def dask_mode(product_cluster: bool, run: Run, cores: int) -> Measured:
     """The engine's blocks phase on a LocalCluster, models loaded beforehand."""
-    from unet_tiles.engine.blocks import warm_worker
+    from unet_tiles.engine.blocks import warm_workers
     from unet_tiles.engine.cluster import CPU_WORKER_MALLOC, ClusterInfo, connect
 
     def measure(client: Client, info: ClusterInfo) -> Measured:
-        client.run(warm_worker, replace(run.job, torch_threads=info.torch_threads))
+        warm_workers(client, replace(run.job, torch_threads=info.torch_threads))
         before = client.run(_minor_faults)
         loop_before = client.run(_main_thread_cpu)
         with run.locked():

@@ -3,7 +3,10 @@ and the worker-side caches of opened arrays."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +23,12 @@ from unet_tiles.engine.blocks import (
     run_plan,
     run_serial,
     warm_worker,
+    warm_workers,
 )
 from unet_tiles.engine.run import SegmentRequest, validate
 from unet_tiles.errors import BlockFailedError, InputIncompleteError
+from unet_tiles.model.geometry import UNetGeometry
+from unet_tiles.model.unet import UNetConfig
 from unet_tiles.pipeline.predict import cached_model
 from unet_tiles.pipeline.window import chunk_keys, input_region
 from unet_tiles.pipeline.writer import done_blocks
@@ -133,6 +139,30 @@ def test_warm_worker_sets_threads_and_loads_the_model(tmp_path: Path,
         assert cached_model.cache_info().hits > after.hits  # the block used the warm model
     finally:
         torch.set_num_threads(threads)
+
+
+def test_warming_leaves_the_workers_event_loop_free(tmp_path: Path,
+                                                    make_model: Callable[..., Path],
+                                                    client: Any) -> None:
+    """A worker answers the scheduler while it warms: ``Client.run`` calls a plain
+    function on the worker's event loop, so a long warm-up there would hold up its
+    heartbeats and every other request until it ended."""
+    run = _prepared(tmp_path, make_model(depth=2, seed=12),
+                    write_zarr(tmp_path / "in.zarr", _image(), (32, 32)))
+    size = UNetGeometry(UNetConfig(depth=2, base_channels=4, classes=3)).valid_size(1536)
+    job = replace(run.job, warm_tile=(size, size), batch_size=1, torch_threads=1)
+    with ThreadPoolExecutor(1) as pool:
+        started = time.perf_counter()
+        warming = pool.submit(warm_workers, client, job)
+        time.sleep(0.5)
+        asked = time.perf_counter()
+        answers = client.run(os.getpid)
+        answered = time.perf_counter() - asked
+        warming.result()
+        warmed = time.perf_counter() - started
+    assert len(answers) == 2
+    assert warmed > 1.0  # a forward pass of a 1.5 kpx tile: long enough to block on
+    assert answered < 0.25 * warmed
 
 
 def test_run_summary_to_dict() -> None:

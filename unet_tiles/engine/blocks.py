@@ -6,6 +6,7 @@ returns a few numbers; no pixels pass through the client or the scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -180,11 +181,21 @@ def warm_workers(client: Client, job: BlockJob) -> None:
     the retry rules and the out-of-memory advice of ``run_plan`` apply, instead of a
     broadcast's traceback ending the run before any block.
     """
-    results = client.run(warm_worker, job, on_error="return")
+    results = client.run(_warm_worker_off_the_loop, job, on_error="return")
     for address, result in results.items():
         if isinstance(result, BaseException):
             logger.warning("warming worker %s failed (%s: %s); its first block runs cold",
                            address, type(result).__name__, result)
+
+
+async def _warm_worker_off_the_loop(job: BlockJob) -> None:
+    """``warm_worker`` in a thread of its own, awaited on the worker's event loop.
+
+    ``Client.run`` calls a plain function on the event loop itself: a long warm-up
+    (a large tile, a slow CPU, a first CUDA context) would stop the worker's
+    heartbeats and its answers to the scheduler while it runs.
+    """
+    await asyncio.to_thread(warm_worker, job)
 
 
 def _job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
