@@ -3,8 +3,8 @@
 A single worker with a 400 MB memory limit is given 4096 px blocks of 512 px tiles
 (its warm-up pass, one tile, fits well within the limit; the block does not): the nanny
 kills it, dask retries once, and the run stops (no restart loop) with one line
-naming the block and a block size that should fit; the same worker then
-finishes the image with that size.
+naming the block and a block size that should fit, counting the one tile at a time a
+CPU worker holds; the same worker then finishes the image with that size.
 
 A tile too large for the limit kills the worker already in its warm-up pass (one
 batch of the plan's tile before the first block): the run goes on to the blocks and
@@ -62,6 +62,9 @@ def test_worker_out_of_memory_says_which_block_size_fits(
     assert "out of memory with blocks of 4096 px" in message
     match = re.search(r"rerun with --block-size (\d+) --overwrite, which should fit", message)
     assert match, message
+    # One 512 px tile at a time, as a CPU worker runs them: not the 128 px blocks
+    # an estimate of eight tiles per batch gave.
+    assert match.group(1) == "512", message
     assert time.monotonic() - started < 150
     # The advice holds: the same worker finishes the image with the suggested size.
     # (The last --block-size given counts.)

@@ -17,6 +17,7 @@ import pytest
 from unet_tiles.engine import faults
 from unet_tiles.engine.faults import (
     estimate_block_bytes,
+    fitting_block_size,
     is_killed_worker,
     is_transient,
     killed_worker_message,
@@ -34,6 +35,7 @@ from unet_tiles.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
 # The tests' 2D model (depth 2, 4 base channels, 2 classes: halo 20, pooling grid 4)
 # with the default 2D tile and one tile per batch, as memory_hint passes them.
@@ -197,6 +199,41 @@ def test_suggest_block_size_is_none_when_nothing_smaller_fits() -> None:
     size = suggest_block_size(64 << 30, 2048, 4, **GEOMETRY)
     assert size is not None
     assert size < 2048
+
+
+def test_the_block_size_advice_counts_the_tiles_a_worker_holds(
+        tmp_path: Path, make_model: Callable[..., Path]) -> None:
+    """One tile at a time on CPU (auto_batch), none on a GPU: the advice does not
+    shrink the blocks for activations that are not in the worker's memory."""
+    from dataclasses import replace
+
+    import numpy as np
+    from helpers import write_zarr
+
+    from unet_tiles.engine.run import SegmentRequest, validate
+
+    image = write_zarr(tmp_path / "in.zarr", np.zeros((4096, 4096), "uint8"), (1024, 1024))
+    run = validate(SegmentRequest(image, str(tmp_path / "out.zarr"),
+                                  str(make_model(depth=3, base_channels=8, classes=3)),
+                                  block_size=4096, device="cpu"))
+    assert run.plan.tile_out == 1024  # the demo model's default tile
+    two_gb = 2 * 10**9
+    on_cpu = fitting_block_size(two_gb, run.plan, run.job)
+    assert on_cpu == 2048
+    # What the estimate says of that block with the tiles counted: within the budget.
+    config = {"dims": 2, "in_channels": 1, "classes": 3, "halo": max(run.plan.halo),
+              "tile_px": 1024, "base_channels": 8}
+    budget = (two_gb - (300 << 20)) // 2
+    assert estimate_block_bytes(2048, **config, batch_size=1) <= budget
+    # Eight tiles at once, as the advice once assumed whatever the device, do not fit.
+    assert estimate_block_bytes(2048, **config, batch_size=8) > budget
+    asked = fitting_block_size(two_gb, run.plan, replace(run.job, batch_size=8))
+    assert asked is not None
+    assert asked < on_cpu
+    on_gpu = fitting_block_size(two_gb, run.plan, replace(run.job, device="cuda",
+                                                         batch_size=8))
+    assert on_gpu is not None
+    assert on_gpu >= on_cpu
 
 
 class FakeClient:

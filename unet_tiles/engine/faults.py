@@ -143,24 +143,32 @@ def killed_worker_message(block_name: str, block_px: int, limit_bytes: int | Non
 
 def memory_hint(exc: BaseException, block_name: str, plan: Any, job: Any, client: Any) -> str:
     """``killed_worker_message`` for a ``KilledWorker`` on one block of ``plan``."""
-    from unet_tiles.model.files import read_config
-
-    config = read_config(job.model_dir)
-    dims = plan.dims
-    current = max(plan.block_shape[-dims:])
+    current = max(plan.block_shape[-plan.dims:])
     limit = worker_memory_limit(client)
-    suggestion = None
-    if limit is not None:
-        suggestion = suggest_block_size(
-            limit, current, plan.divisor, dims=dims, in_channels=config.in_channels,
-            classes=config.classes, halo=max(plan.halo), tile_px=plan.tile_out,
-            batch_size=job.batch_size or 8, base_channels=config.base_channels,
-        )
+    suggestion = fitting_block_size(limit, plan, job) if limit is not None else None
     allowed = getattr(exc, "allowed_failures", None)
     attempts = allowed + 1 if isinstance(allowed, int) else None
     return killed_worker_message(block_name, current, limit, suggestion, attempts)
 
 
-__all__ = ["estimate_block_bytes", "is_killed_worker", "is_transient",
+def fitting_block_size(limit_bytes: int, plan: Any, job: Any) -> int | None:
+    """``suggest_block_size`` for ``plan``'s blocks of ``job`` on workers of ``limit_bytes``.
+
+    The tiles counted are those a worker holds in its own memory at once: one on a
+    CPU unless a batch is asked for (``auto_batch``), none on a GPU, whose tiles'
+    activations live in device memory (an out-of-memory error there halves the batch).
+    """
+    from unet_tiles.model.files import read_config
+
+    config = read_config(job.model_dir)
+    host_tiles = 0 if job.device.startswith("cuda") else job.batch_size or 1
+    return suggest_block_size(
+        limit_bytes, max(plan.block_shape[-plan.dims:]), plan.divisor, dims=plan.dims,
+        in_channels=config.in_channels, classes=config.classes, halo=max(plan.halo),
+        tile_px=plan.tile_out, batch_size=host_tiles, base_channels=config.base_channels,
+    )
+
+
+__all__ = ["estimate_block_bytes", "fitting_block_size", "is_killed_worker", "is_transient",
            "killed_worker_message", "memory_hint", "suggest_block_size", "with_retries",
            "worker_memory_limit"]
