@@ -13,14 +13,23 @@ import copy
 import json
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from fault_helpers import external_cluster_fixture, spawn_fixture  # noqa: F401
 
 from unet_tiles.engine import cluster as cluster_module
-from unet_tiles.engine.cluster import ClusterInfo, connect, kubernetes_manifest, slurm_cluster
+from unet_tiles.engine.cluster import (
+    HEAP_THRESHOLDS,
+    SPEC_WORKER_ENV,
+    ClusterInfo,
+    connect,
+    kubernetes_manifest,
+    slurm_cluster,
+)
 from unet_tiles.engine.cluster_spec import (
     KubernetesSpec,
     SchedulerSpec,
@@ -30,6 +39,9 @@ from unet_tiles.engine.cluster_spec import (
     spec_from_dict,
 )
 from unet_tiles.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -306,6 +318,13 @@ def test_a_gpu_job_script_asks_for_the_gpus_and_runs_dask_cuda_workers() -> None
     assert "module load cuda/12" in lines
     # Pausing off on the workers, as on local clusters (engine/paused.py).
     assert "export DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE=False" in lines
+    # The heap thresholds, for the nanny's pre-spawn environment: what a shell running
+    # the job script's exports gives dask there (run for real below).
+    exports = [line for line in lines if line.startswith("export DASK_")]
+    assert _dask_config_after(exports) == {
+        "pause": False,
+        "environ": {**HEAP_THRESHOLDS, "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1,
+                    "OPENBLAS_NUM_THREADS": 1}}
     (command,) = [line for line in lines if " -m " in line]
     # dask-cuda's `dask cuda worker` (dask_cuda/cli.py), a GPU unit per thread; no
     # --nworkers: it starts one worker per GPU of the job itself.
@@ -315,6 +334,38 @@ def test_a_gpu_job_script_asks_for_the_gpus_and_runs_dask_cuda_workers() -> None
     assert "--pre-import torch" in command
     assert "--local-directory $TMPDIR" in command
     assert "--nworkers" not in command
+
+
+def _dask_config_after(exports: list[str]) -> dict[str, Any]:
+    """The worker settings dask reads in a fresh Python after bash ran ``exports``."""
+    program = ("import dask, distributed, json; print(json.dumps({"
+               "'pause': dask.config.get('distributed.worker.memory.pause'), "
+               "'environ': dask.config.get('distributed.nanny.pre-spawn-environ')}))")
+    script = "\n".join([*exports, f"exec {shlex.quote(sys.executable)} -c {shlex.quote(program)}"])
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                          timeout=60)
+    settings: dict[str, Any] = json.loads(done.stdout)
+    return settings
+
+
+def test_the_spec_workers_environment_reaches_a_real_nannys_worker(
+        external_cluster: Callable[..., Any]) -> None:
+    """``dask worker`` (a nanny and its worker process) started in the environment
+    SLURM jobs and Kubernetes pods get: the worker runs pausing off and with the heap
+    thresholds, which the nanny would otherwise set to its own trim threshold."""
+    names = list(HEAP_THRESHOLDS)
+
+    def worker_settings() -> dict[str, Any]:  # pickled by value: tests/ is not on workers
+        import os
+
+        import dask
+
+        return {"pause": dask.config.get("distributed.worker.memory.pause"),
+                **{name: os.environ.get(name) for name in names}}
+
+    _address, client = external_cluster(nworkers=1, env=SPEC_WORKER_ENV)
+    (seen,) = client.run(worker_settings).values()
+    assert seen == {"pause": False, **HEAP_THRESHOLDS}
 
 
 def test_a_cpu_job_script_runs_one_plain_worker_per_core() -> None:
@@ -543,8 +594,11 @@ def test_the_manifest_connect_builds_fits_the_crd_and_the_models(
     assert "resources" not in scheduler  # the scheduler needs no GPU
     # Pausing off on the workers, as on local clusters (engine/paused.py).
     assert worker["env"] == scheduler["env"] == [
-        {"name": "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE", "value": "False"},
+        {"name": name, "value": value} for name, value in SPEC_WORKER_ENV.items()] + [
         {"name": "A", "value": "1"}]
+    assert _dask_config_after([f"export {e['name']}={shlex.quote(e['value'])}"
+                               for e in worker["env"]])["environ"]["MALLOC_TRIM_THRESHOLD_"] \
+        == HEAP_THRESHOLDS["MALLOC_TRIM_THRESHOLD_"]
     if resources:
         assert worker["resources"] == {"limits": {"nvidia.com/gpu": "2", "memory": "32Gi"}}
         assert worker["args"][:7] == ["dask", "cuda", "worker", "--nthreads", "2",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,11 +49,17 @@ DEFAULT_THREADS_PER_WORKER = 1
 # forward pass of a 780 px tile here, 0 with one arena; bench/worker_overhead.py
 # counts them per block). One arena keeps the tensors in the main heap; a CPU
 # worker has one compute thread, so it costs no lock contention.
-CPU_WORKER_MALLOC = {
+#
+# A GPU worker's threads read, mirror, encode and write blocks between forward
+# passes, and that host path is what feeds the device: with the thresholds it ran
+# 1.45x the blocks per second with 2 threads (bench/gpu_feed.py, the device
+# simulated); its arenas stay, for threads that allocate at once.
+HEAP_THRESHOLDS = {
     "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
     "MALLOC_TRIM_THRESHOLD_": str(512 << 20),
-    "MALLOC_ARENA_MAX": "1",
 }
+CPU_WORKER_MALLOC = {**HEAP_THRESHOLDS, "MALLOC_ARENA_MAX": "1"}
+GPU_WORKER_MALLOC = HEAP_THRESHOLDS
 
 # Event-loop housekeeping of the clusters started here. A worker samples its
 # threads' stacks every 10 ms for the dashboard's profile, checks its event loop
@@ -245,7 +252,7 @@ def _local_cuda(workers: int | None,
         return
     # Each task claims one unit of GPU; a worker has ``threads`` units so the
     # next block is read while the current one runs on the device.
-    with _local_config(), LocalCUDACluster(
+    with _local_config(GPU_WORKER_MALLOC), LocalCUDACluster(
         n_workers=workers or gpus,
         threads_per_worker=threads,
         host="127.0.0.1",
@@ -270,7 +277,7 @@ def _shared_gpus(workers: int, threads: int,
     per GPU keep the device fed. dask-cuda pins one worker per GPU, so this
     is a plain LocalCluster whose tasks pick their GPU by worker name.
     """
-    with _loopback_cluster(workers, threads) as client:
+    with _loopback_cluster(workers, threads, GPU_WORKER_MALLOC) as client:
         yield client, ClusterInfo("cuda", workers, threads, None, None, "cuda:worker")
 
 
@@ -306,9 +313,16 @@ def _remote(address: str | None, *, scheduler_file: str | None = None,
 # Where the clusters below put their scheduler's dashboard: loopback only, as the local
 # clusters do (it shows paths and logs, and has no auth); ssh -L to look at it.
 SPEC_DASHBOARD = "127.0.0.1:0"
-# The workers of SLURM jobs and Kubernetes pods start pausing off as the local ones
-# do (LOCAL_CLUSTER_CONFIG): through their environment, the one setting they share.
-NO_PAUSE_ENV = {"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}
+# The workers of SLURM jobs and Kubernetes pods start as the local ones do, through
+# their environment, the one setting they share: pausing off (LOCAL_CLUSTER_CONFIG)
+# and the heap thresholds, which their nannies hand to the worker processes (dask
+# merges a dict from the environment into its default pre-spawn environment, which
+# otherwise sets MALLOC_TRIM_THRESHOLD_=65536 over any exported value). The arenas
+# stay: a spec's workers may run several threads.
+SPEC_WORKER_ENV = {
+    "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False",
+    "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": repr(HEAP_THRESHOLDS),
+}
 # What `python -m` runs on a SLURM job's GPU node: dask-cuda's `dask cuda worker`
 # (dask_cuda/cli.py runs its worker command as __main__), one worker per GPU.
 SLURM_GPU_WORKER = "dask_cuda.cli"
@@ -347,8 +361,8 @@ def slurm_cluster(spec: SlurmSpec) -> Any:
         # Each block claims one unit of GPU; a worker has a unit per thread.
         worker_args = ["--resources", f"GPU={spec.threads_per_worker}", *worker_args]
         extra["worker_command"] = SLURM_GPU_WORKER
-    extra["job_script_prologue"] = [*(f"export {name}={value}" for name, value in
-                                      NO_PAUSE_ENV.items()),
+    extra["job_script_prologue"] = [*(f"export {name}={shlex.quote(value)}"
+                                      for name, value in SPEC_WORKER_ENV.items()),
                                     *extra.get("job_script_prologue", [])]
     extra["scheduler_options"] = {"dashboard_address": SPEC_DASHBOARD,
                                   **extra.get("scheduler_options", {})}
@@ -408,7 +422,7 @@ def kubernetes_manifest(spec: KubernetesSpec) -> dict[str, Any]:
         command += ["--resources", f"GPU={threads}"]
     manifest: dict[str, Any] = make_cluster_spec(
         name=spec.name, image=spec.image, n_workers=spec.n_workers,
-        env={**NO_PAUSE_ENV, **spec.env}, worker_command=command,
+        env={**SPEC_WORKER_ENV, **spec.env}, worker_command=command,
         scheduler_service_type=spec.scheduler_service_type)
     worker = manifest["spec"]["worker"]["spec"]["containers"][0]
     if spec.resources:
