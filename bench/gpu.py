@@ -1,6 +1,7 @@
 """The CUDA path: fixed start-up apart from the steady state, against model-only, per model.
 
     python bench/gpu.py [--model-seconds 30] [--size 8192] [--models demo paper] [--compile]
+                        [--layouts 1x4 1x8 4x2]
     python bench/gpu.py --cluster cpu --size 1024 --model-seconds 2   # a smoke run on CPU
 
 For each model (the demo model's architecture, and the paper's U-Net: depth 4, 64
@@ -16,7 +17,9 @@ base channels), in one run on one device:
   warm cluster (each time to a fresh output) until the model alone would have
   needed ``--model-seconds``; end-to-end Mpx/s over those runs, and its ratio to
   model-only. Targets (issue 12): at least 0.85 for the paper's U-Net, 0.5 for the
-  demo model, start-up under 15 s.
+  demo model, start-up under 15 s;
+* with ``--layouts``: the steady state again with other worker layouts (processes x
+  threads), a third as long: how many host paths the device needs (bench/gpu_feed.py).
 
 On CPU (``--cluster cpu``) the model-only figure is one torch thread's while the
 cluster uses every core: a check that the script runs, not a measurement.
@@ -126,21 +129,39 @@ def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Names
         warm = time.perf_counter()
         warm_workers(client, run.job)
         warm_s = time.perf_counter() - warm
-        done_pixels, block_s = 0, 0.0
-        steady = time.perf_counter()
-        for k in range(runs):
-            out = work / f"{name}-{k}.zarr"
-            summary = validate(SegmentRequest(src, str(out), model_dir)).segment(
-                client, info, progress=False)
-            done_pixels += summary.pixels
-            block_s += summary.seconds
-            shutil.rmtree(out, ignore_errors=True)
-        steady_s = time.perf_counter() - steady
-    rate = done_pixels / steady_s
+        rate, blocks_rate = steady_state(client, info, src, model_dir, work, name, runs)
     print(f"{name}: start-up {cluster_s + warm_s:.1f} s (cluster {cluster_s:.1f} s, warming "
           f"{info.workers} worker(s) {warm_s:.1f} s); steady state {rate / 1e6:.1f} Mpx/s end "
-          f"to end ({done_pixels / block_s / 1e6:.1f} over the blocks), "
+          f"to end ({blocks_rate / 1e6:.1f} over the blocks), "
           f"ratio to model only {rate / ceiling:.2f}", flush=True)
+    # Other worker layouts on the same device: processes x threads (more processes than
+    # GPUs share them, cluster._shared_gpus), each warmed, the same steady state.
+    for layout in args.layouts:
+        workers, threads = (int(n) for n in layout.split("x"))
+        with connect(args.cluster, workers, threads) as (client, info):
+            warm_workers(client, run.job)
+            rate, _ = steady_state(client, info, src, model_dir, work, name,
+                                   max(1, runs // 3))
+        print(f"{name}: {workers} worker(s) x {threads} thread(s): steady state "
+              f"{rate / 1e6:.1f} Mpx/s, ratio to model only {rate / ceiling:.2f}", flush=True)
+
+
+def steady_state(client: Any, info: Any, src: str, model_dir: str, work: Any, name: str,
+                 runs: int) -> tuple[float, float]:
+    """(end-to-end px/s over ``runs`` segmentations on the warm cluster, px/s over
+    their blocks alone)."""
+    from unet_tiles.engine.run import SegmentRequest, validate
+
+    done_pixels, block_s = 0, 0.0
+    started = time.perf_counter()
+    for k in range(runs):
+        out = work / f"{name}-{k}.zarr"
+        summary = validate(SegmentRequest(src, str(out), model_dir)).segment(
+            client, info, progress=False)
+        done_pixels += summary.pixels
+        block_s += summary.seconds
+        shutil.rmtree(out, ignore_errors=True)
+    return done_pixels / (time.perf_counter() - started), done_pixels / block_s
 
 
 def main() -> None:
@@ -153,6 +174,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--compile", action="store_true",
                         help="also the model alone through torch.compile")
+    parser.add_argument("--layouts", nargs="*", default=[], metavar="WORKERSxTHREADS",
+                        help="other worker layouts to measure the steady state with, "
+                             "e.g. 1x4 1x8 4x2 (worker processes x threads each)")
     args = parser.parse_args()
     from unet_tiles.model.files import save_model
     from unet_tiles.model.unet import UNetConfig, build_unet
