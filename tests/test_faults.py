@@ -21,9 +21,11 @@ from unet_tiles.engine.faults import (
     is_killed_worker,
     is_transient,
     killed_worker_message,
+    memory_hint,
     suggest_block_size,
     with_retries,
     worker_memory_limit,
+    worker_pause_fraction,
 )
 from unet_tiles.errors import (
     DiskFullError,
@@ -234,6 +236,37 @@ def test_the_block_size_advice_counts_the_tiles_a_worker_holds(
                                                          batch_size=8))
     assert on_gpu is not None
     assert on_gpu >= on_cpu
+
+
+def test_the_advice_fits_below_where_the_workers_pause(
+        tmp_path: Path, make_model: Callable[..., Path], client: Any) -> None:
+    """On a cluster whose workers pause (dask's default, 80 % of the limit), a block
+    that fits the limit but not the pause would start no more blocks: the advice
+    counts the memory below the pause."""
+    import dask
+    import numpy as np
+    from distributed import Client, LocalCluster
+    from helpers import write_zarr
+
+    from unet_tiles.engine.run import SegmentRequest, validate
+
+    assert worker_pause_fraction(client) is None  # unet-tiles' own clusters never pause
+    image = write_zarr(tmp_path / "in.zarr", np.zeros((4096, 4096), "uint8"), (1024, 1024))
+    run = validate(SegmentRequest(image, str(tmp_path / "out.zarr"),
+                                  str(make_model(depth=3, base_channels=8, classes=3)),
+                                  block_size=4096, device="cpu"))
+    below_pause = fitting_block_size(10**9, run.plan, run.job)
+    assert below_pause is not None
+    assert below_pause < fitting_block_size(2 * 10**9, run.plan, run.job)  # type: ignore[operator]
+    with dask.config.set({"distributed.worker.memory.pause": 0.5}), LocalCluster(
+            n_workers=1, processes=False, memory_limit="2GB", protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as pausing:
+        assert worker_pause_fraction(pausing) == 0.5
+        message = memory_hint(RuntimeError("killed"), "block 0.0", run.plan, run.job, pausing)
+    assert f"`block_size` {below_pause} `overwrite`" in message, message
+    assert "(worker memory limit 1.86 GiB)" in message
 
 
 class FakeClient:

@@ -141,11 +141,36 @@ def killed_worker_message(block_name: str, block_px: int, limit_bytes: int | Non
     )
 
 
+def worker_pause_fraction(client: Any) -> float | None:
+    """The lowest fraction of its memory limit above which a worker of ``client``'s
+    cluster pauses (``distributed.worker.memory.pause``); None where none pauses, as
+    on the clusters unet-tiles starts."""
+    def pause() -> object:
+        import dask
+
+        return dask.config.get("distributed.worker.memory.pause", False)
+
+    try:
+        answers = client.run(pause, on_error="return").values()
+    except Exception:  # a best-effort hint must never hide the real error
+        return None
+    fractions = [float(a) for a in answers
+                 if isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a < 1]
+    return min(fractions) if fractions else None
+
+
 def memory_hint(exc: BaseException, block_name: str, plan: Any, job: Any, client: Any) -> str:
-    """``killed_worker_message`` for a ``KilledWorker`` on one block of ``plan``."""
+    """``killed_worker_message`` for a ``KilledWorker`` on one block of ``plan``.
+
+    The block size suggested fits below the memory at which the workers pause, where
+    they do: a paused worker starts no block (engine/paused.py)."""
     current = max(plan.block_shape[-plan.dims:])
     limit = worker_memory_limit(client)
-    suggestion = fitting_block_size(limit, plan, job) if limit is not None else None
+    suggestion = None
+    if limit is not None:
+        pause = worker_pause_fraction(client)
+        usable = int(limit * pause) if pause is not None else limit
+        suggestion = fitting_block_size(usable, plan, job)
     allowed = getattr(exc, "allowed_failures", None)
     attempts = allowed + 1 if isinstance(allowed, int) else None
     return killed_worker_message(block_name, current, limit, suggestion, attempts)
@@ -171,4 +196,4 @@ def fitting_block_size(limit_bytes: int, plan: Any, job: Any) -> int | None:
 
 __all__ = ["estimate_block_bytes", "fitting_block_size", "is_killed_worker", "is_transient",
            "killed_worker_message", "memory_hint", "suggest_block_size", "with_retries",
-           "worker_memory_limit"]
+           "worker_memory_limit", "worker_pause_fraction"]
