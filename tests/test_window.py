@@ -60,6 +60,23 @@ def test_every_block_equals_numpy_reflect_pad(tmp_path: Path) -> None:
     assert at_border == 9  # with a 20 px halo, every block of this image leaves it
 
 
+def test_3d_blocks_mirror_only_the_axes_that_leave_the_volume(tmp_path: Path) -> None:
+    from unet_tiles.model.unet import UNetConfig, build_unet
+
+    volume = np.random.default_rng(3).integers(0, 255, (20, 60, 100)).astype(np.uint8)
+    source = open_source(write_zarr(tmp_path / "in.zarr", volume, (20, 32, 32)))
+    model = build_unet(UNetConfig(depth=1, base_channels=1, dims=3))
+    plan = plan_for(source, 32, tile=16, dims=3, model=model)
+    mixed = 0
+    for block in plan:
+        window = read_window(source.open(), source, block)
+        np.testing.assert_array_equal(window, numpy_window(volume[None], block))
+        leaves = [o < 0 or e > n for o, e, n in
+                  zip(block.read.offset, block.read.end, volume.shape, strict=True)]
+        mixed += any(leaves) and not all(leaves)
+    assert mixed > 0  # blocks read as they are along one axis and mirrored along another
+
+
 @pytest.mark.parametrize("shape", [(5, 3), (1, 7), (2, 2), (1, 1)])
 def test_window_far_larger_than_a_tiny_image(tmp_path: Path, shape: tuple[int, int]) -> None:
     image = (np.arange(np.prod(shape)).reshape(shape) * 7 + 1).astype(np.int16)
