@@ -73,3 +73,30 @@ def test_workers_sharing_one_gpu(tmp_path: Path, make_model: Any) -> None:
     labels = zarr.open_array(str(tmp_path / "out.zarr" / "labels"))[...]
     expected = softmax(reference_logits(model, image[None])).argmax(0)
     assert (labels == expected).mean() > 0.999
+
+
+def test_workers_sharing_a_gpu_are_warmed_on_their_gpu(tmp_path: Path, make_model: Any) -> None:
+    """More worker processes than GPUs pick their GPU by name inside a task; the warm-up
+    runs outside one and is given the name, so each has its CUDA context and model
+    before its first block."""
+    from dataclasses import replace
+
+    from unet_tiles.engine.blocks import warm_workers
+    from unet_tiles.engine.cluster import connect
+    from unet_tiles.engine.run import SegmentRequest, validate
+
+    image = (np.random.default_rng(3).random((300, 300)) * 255).astype("uint8")
+    src = write_zarr(tmp_path / "in.zarr", image, (128, 128))
+    run = validate(SegmentRequest(src, str(tmp_path / "out.zarr"), str(make_model(depth=2))))
+
+    def state() -> tuple[bool, int]:
+        import torch
+
+        from unet_tiles.pipeline.predict import cached_model
+
+        return torch.cuda.is_initialized(), cached_model.cache_info().currsize
+
+    with connect("cuda", workers=torch.cuda.device_count() + 1) as (client, info):
+        assert info.device == "cuda:worker"
+        warm_workers(client, replace(run.job, device=info.device))
+        assert set(client.run(state).values()) == {(True, 1)}

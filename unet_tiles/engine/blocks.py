@@ -131,7 +131,7 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
             "seconds": time.perf_counter() - started}
 
 
-def warm_worker(job: BlockJob) -> None:
+def warm_worker(job: BlockJob, worker_name: object = None) -> None:
     """Import torch, load the model and run one batch of the plan's tile on a worker
     before its first block.
 
@@ -152,10 +152,8 @@ def warm_worker(job: BlockJob) -> None:
     )
 
     _set_torch_threads(job)
-    # "cuda:worker" picks the GPU from the task's worker, known only inside a task.
-    if job.device == "cuda:worker":
-        return
-    device = pick_device(job.device)
+    # "cuda:worker" picks the GPU by the worker's name, which tasks find themselves.
+    device = pick_device(job.device, worker_name)
     model, channels_last = _job_model(job, device)
     if job.warm_tile is None:
         return
@@ -188,14 +186,15 @@ def warm_workers(client: Client, job: BlockJob) -> None:
                            address, type(result).__name__, result)
 
 
-async def _warm_worker_off_the_loop(job: BlockJob) -> None:
+async def _warm_worker_off_the_loop(job: BlockJob, dask_worker: Any = None) -> None:
     """``warm_worker`` in a thread of its own, awaited on the worker's event loop.
 
     ``Client.run`` calls a plain function on the event loop itself: a long warm-up
     (a large tile, a slow CPU, a first CUDA context) would stop the worker's
-    heartbeats and its answers to the scheduler while it runs.
+    heartbeats and its answers to the scheduler while it runs. It passes the worker
+    (``dask_worker``), whose name picks the GPU of workers sharing GPUs.
     """
-    await asyncio.to_thread(warm_worker, job)
+    await asyncio.to_thread(warm_worker, job, getattr(dask_worker, "name", None))
 
 
 def _job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:

@@ -99,18 +99,21 @@ def in_layout(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return batch.contiguous(memory_format=memory_format(batch.dim() - 2))
 
 
-def pick_device(preference: str = "auto") -> str:
+def pick_device(preference: str = "auto", worker_name: object = None) -> str:
     """``auto``: CUDA where the worker sees a GPU; ``cuda:worker``: the GPU of
-    index (worker name mod GPU count), for several worker processes sharing GPUs."""
+    index (worker name mod GPU count), for several worker processes sharing GPUs;
+    the name is the running task's worker's unless ``worker_name`` is given (the
+    warm-up, which runs outside a task)."""
     import torch
 
     if preference == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if preference == "cuda:worker":
-        from distributed import get_worker
+        if worker_name is None:
+            from distributed import get_worker
 
-        name = get_worker().name
-        index = name if isinstance(name, int) else abs(hash(name))
+            worker_name = get_worker().name
+        index = worker_name if isinstance(worker_name, int) else abs(hash(worker_name))
         return f"cuda:{index % torch.cuda.device_count()}"
     return preference
 
