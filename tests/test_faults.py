@@ -318,4 +318,5 @@ def test_killed_worker_message_without_a_suggestion_or_a_limit() -> None:
     assert "which should fit" not in message
     limited = killed_worker_message("block 1.0", 2048, 3 * 2**30, None, 4)
     assert limited.startswith("4 workers died while running block 1.0")
-    assert "give the workers more memory (worker memory limit 3.00 GiB)" in limited
+    assert ("give the workers more memory (worker memory limit 3.00 GiB): by unet-tiles' "
+            "estimate no smaller `block_size` fits in it.") in limited

@@ -132,8 +132,13 @@ def killed_worker_message(block_name: str, block_px: int, limit_bytes: int | Non
     if suggestion is not None:
         fix = (f"rerun with `block_size` {suggestion} `overwrite`, which should fit{limit}"
                " (the block size is one of the output's parameters)")
+    elif limit_bytes:
+        # The estimate found no smaller block within the limit: the model's tiles (their
+        # halo) or the worker's own baseline take it.
+        fix = (f"give the workers more memory{limit}: by unet-tiles' estimate no smaller "
+               "`block_size` fits in it")
     else:
-        fix = f"give the workers more memory{limit} or rerun with a smaller `block_size`"
+        fix = "give the workers more memory or rerun with a smaller `block_size`"
     return (
         f"{tries}workers died while running {block_name}, most likely out of memory with "
         f"blocks of {block_px} px; {fix}. No more blocks were started; blocks already "
