@@ -186,15 +186,19 @@ def warm_workers(client: Client, job: BlockJob) -> None:
                            address, type(result).__name__, result)
 
 
-async def _warm_worker_off_the_loop(job: BlockJob, dask_worker: Any = None) -> None:
-    """``warm_worker`` in a thread of its own, awaited on the worker's event loop.
+async def _warm_worker_off_the_loop(job: BlockJob, dask_worker: Any) -> None:
+    """``warm_worker`` in the worker's own task threads, awaited on its event loop.
 
     ``Client.run`` calls a plain function on the event loop itself: a long warm-up
     (a large tile, a slow CPU, a first CUDA context) would stop the worker's
-    heartbeats and its answers to the scheduler while it runs. It passes the worker
-    (``dask_worker``), whose name picks the GPU of workers sharing GPUs.
+    heartbeats and its answers to the scheduler while it runs. The task threads'
+    pool warms the thread that runs the blocks (a one-thread CPU worker's only one):
+    torch's per-thread settings and oneDNN's per-thread scratch memory are that
+    thread's. The worker's name picks the GPU of workers sharing GPUs.
     """
-    await asyncio.to_thread(warm_worker, job, getattr(dask_worker, "name", None))
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(dask_worker.executors["default"], warm_worker, job,
+                               dask_worker.name)
 
 
 def _job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
