@@ -79,12 +79,16 @@ def mirrored(data: np.ndarray, takes: list[np.ndarray]) -> np.ndarray:
     """
     window = data
     for axis, take in enumerate(takes, start=1):
-        extent = window.shape[axis]
-        as_read = len(take) == extent and take[0] == 0 and take[-1] == extent - 1 and (
-            extent < 2 or bool((np.diff(take) == 1).all()))
-        if not as_read:
+        if not reads_as_is(take, window.shape[axis]):
             window = np.take(window, take, axis=axis)
     return window
+
+
+def reads_as_is(take: np.ndarray, extent: int) -> bool:
+    """Whether mirrored indices ``take`` into an axis of ``extent`` read it as it is
+    (the block stays inside the image along that axis)."""
+    return len(take) == extent and take[0] == 0 and take[-1] == extent - 1 and (
+        extent < 2 or bool((np.diff(take) == 1).all()))
 
 
 NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
