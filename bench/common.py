@@ -34,6 +34,22 @@ def synthetic_input(work: Path, size: int, chunk: int = 1024) -> str:
     return str(path)
 
 
+def simulated_result(window: Any, block: Any) -> Any:
+    """What the simulated models of the benches hand back for ``block``: the labels of
+    its write region, the window's centre thresholded (real, compressible data, not
+    the fill value zarr would skip writing)."""
+    import numpy as np
+
+    from unet_tiles.pipeline.predict import BlockResult
+
+    write = block.write.spatial(block.dims)
+    read = block.read.spatial(block.dims)
+    crop = tuple(slice(w - r, w - r + n) for w, r, n in
+                 zip(write.offset, read.offset, write.shape, strict=True))
+    labels = (window[0][crop] > 100).astype(np.uint8)
+    return BlockResult(labels=labels.reshape(block.write.shape), probabilities=None)
+
+
 def workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 

@@ -47,7 +47,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from common import bench_model, synthetic_input, workdir
+from common import bench_model, simulated_result, synthetic_input, workdir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,19 +67,12 @@ def install_simulated_device(gpu_mpxs: float) -> None:
 
     def simulated_predict_block(model: Any, window: np.ndarray, block: Block,
                                 **_: Any) -> predict.BlockResult:
-        import numpy as np
-
         gpu_s = block.write.size / (gpu_mpxs * 1e6) if gpu_mpxs else 0.0
         with device:
             time.sleep(gpu_s)
-            write = block.write.spatial(block.dims)
-            read = block.read.spatial(block.dims)
-            crop = tuple(slice(w - r, w - r + n) for w, r, n in
-                         zip(write.offset, read.offset, write.shape, strict=True))
             # Inside the lock, as predict_block copies the labels back under it.
-            labels = (window[0][crop] > 100).astype(np.uint8)
-        return predict.BlockResult(labels=labels.reshape(block.write.shape),
-                                   probabilities=None)
+            result: predict.BlockResult = simulated_result(window, block)
+        return result
 
     predict.cached_model = no_model  # type: ignore[assignment]
     predict.predict_block = simulated_predict_block  # type: ignore[assignment]

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common import bench_model
+from common import bench_model, simulated_result
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -78,24 +78,17 @@ def install_fake_model(sleep_s: float, gpu_mpxs: float | None) -> None:
     """Replace ``predict_block`` (and the model load) in this process."""
     from unet_tiles.pipeline import predict
 
-    def fake_cached_model(model_dir: str, model_hash: str, device: str) -> None:
+    def fake_cached_model(model_dir: str, model_hash: str, device: str,
+                          channels_last: bool = False) -> None:
         return None
 
     def fake_predict_block(model: Any, window: np.ndarray, block: Block, **_: Any) \
             -> predict.BlockResult:
-        import numpy as np
-
         started = time.perf_counter()
-        dims = block.dims
-        write = block.write.spatial(dims)
-        read = block.read.spatial(dims)
-        crop = tuple(slice(w - r, w - r + n) for w, r, n in
-                     zip(write.offset, read.offset, write.shape, strict=True))
-        labels = (window[0][crop] > 100).astype(np.uint8)
+        result: predict.BlockResult = simulated_result(window, block)
         gpu = block.write.size / (gpu_mpxs * 1e6) if gpu_mpxs else sleep_s
         time.sleep(max(0.0, gpu - (time.perf_counter() - started)))
-        return predict.BlockResult(labels=labels.reshape(block.write.shape),
-                                   probabilities=None)
+        return result
 
     predict.cached_model = fake_cached_model  # type: ignore[assignment]
     predict.predict_block = fake_predict_block  # type: ignore[assignment]
