@@ -203,21 +203,26 @@ def test_suggest_block_size_is_none_when_nothing_smaller_fits() -> None:
     assert size < 2048
 
 
-def test_the_block_size_advice_counts_the_tiles_a_worker_holds(
-        tmp_path: Path, make_model: Callable[..., Path]) -> None:
-    """One tile at a time on CPU (auto_batch), none on a GPU: the advice does not
-    shrink the blocks for activations that are not in the worker's memory."""
-    from dataclasses import replace
-
+def _demo_model_run(tmp_path: Path, make_model: Callable[..., Path]) -> Any:
+    """A validated CPU run of the demo model's architecture: a 4096 px image in one block."""
     import numpy as np
     from helpers import write_zarr
 
     from unet_tiles.engine.run import SegmentRequest, validate
 
     image = write_zarr(tmp_path / "in.zarr", np.zeros((4096, 4096), "uint8"), (1024, 1024))
-    run = validate(SegmentRequest(image, str(tmp_path / "out.zarr"),
-                                  str(make_model(depth=3, base_channels=8, classes=3)),
-                                  block_size=4096, device="cpu"))
+    return validate(SegmentRequest(image, str(tmp_path / "out.zarr"),
+                                   str(make_model(depth=3, base_channels=8, classes=3)),
+                                   block_size=4096, device="cpu"))
+
+
+def test_the_block_size_advice_counts_the_tiles_a_worker_holds(
+        tmp_path: Path, make_model: Callable[..., Path]) -> None:
+    """One tile at a time on CPU (auto_batch), none on a GPU: the advice does not
+    shrink the blocks for activations that are not in the worker's memory."""
+    from dataclasses import replace
+
+    run = _demo_model_run(tmp_path, make_model)
     assert run.plan.tile_out == 1024  # the demo model's default tile
     two_gb = 2 * 10**9
     on_cpu = fitting_block_size(two_gb, run.plan, run.job)
@@ -244,17 +249,10 @@ def test_the_advice_fits_below_where_the_workers_pause(
     that fits the limit but not the pause would start no more blocks: the advice
     counts the memory below the pause."""
     import dask
-    import numpy as np
     from distributed import Client, LocalCluster
-    from helpers import write_zarr
-
-    from unet_tiles.engine.run import SegmentRequest, validate
 
     assert worker_pause_fraction(client) is None  # unet-tiles' own clusters never pause
-    image = write_zarr(tmp_path / "in.zarr", np.zeros((4096, 4096), "uint8"), (1024, 1024))
-    run = validate(SegmentRequest(image, str(tmp_path / "out.zarr"),
-                                  str(make_model(depth=3, base_channels=8, classes=3)),
-                                  block_size=4096, device="cpu"))
+    run = _demo_model_run(tmp_path, make_model)
     below_pause = fitting_block_size(10**9, run.plan, run.job)
     assert below_pause is not None
     assert below_pause < fitting_block_size(2 * 10**9, run.plan, run.job)  # type: ignore[operator]

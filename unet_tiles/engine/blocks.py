@@ -135,7 +135,7 @@ def warm_worker(job: BlockJob, worker_name: object = None) -> None:
     """Import torch, load the model and run one batch of the plan's tile on a worker
     before its first block.
 
-    Run on every worker at the start (``Client.run``), so that the blocks' time is
+    Run on every worker at the start (``warm_workers``), so that the blocks' time is
     the blocks' work and no block waits on a cold worker: on a GPU the CUDA context
     and cuDNN's kernel choice, on CPU oneDNN's kernels for the tile's shape and
     layout and the heap the activations need (a CPU worker's first block took

@@ -52,7 +52,7 @@ DEFAULT_THREADS_PER_WORKER = 1
 #
 # A GPU worker's threads read, mirror, encode and write blocks between forward
 # passes, and that host path is what feeds the device: with the thresholds it ran
-# 1.45x the blocks per second with 2 threads (bench/gpu_feed.py, the device
+# 1.5x the blocks per second with 1 and 2 threads (bench/gpu_feed.py, the device
 # simulated); its arenas stay, for threads that allocate at once.
 HEAP_THRESHOLDS = {
     "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
