@@ -35,14 +35,19 @@ def chunk_keys(array: zarr.Array[Any], region: tuple[slice, ...]) -> list[str]:
 
 
 def missing_chunks(array: zarr.Array[Any], region: tuple[slice, ...]) -> list[str]:
+    import asyncio
+
     from zarr.core.sync import sync
 
     store = array.store_path.store
+    keys = chunk_keys(array, region)
 
-    async def check() -> list[str]:
-        return [key for key in chunk_keys(array, region) if not await store.exists(key)]
+    # All at once: a block's window touches 9 chunks or more, and one at a time each
+    # waited for the one before (a thread hop on a local store, a round trip on S3).
+    async def check() -> list[bool]:
+        return list(await asyncio.gather(*(store.exists(key) for key in keys)))
 
-    return sync(check())
+    return [key for key, present in zip(keys, sync(check()), strict=True) if not present]
 
 
 def input_region(source: ImageSource, block: Block) -> tuple[tuple[slice, ...], list[np.ndarray]]:
