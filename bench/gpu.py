@@ -1,7 +1,7 @@
 """The CUDA path: fixed start-up apart from the steady state, against model-only, per model.
 
     python bench/gpu.py [--model-seconds 30] [--size 8192] [--models demo paper] [--compile]
-                        [--layouts 1x4 1x8 4x2]
+                        [--layouts 1x4 1x8 4x2] [--block-sizes 4096]
     python bench/gpu.py --cluster cpu --size 1024 --model-seconds 2   # a smoke run on CPU
 
 For each model (the demo model's architecture, and the paper's U-Net: depth 4, 64
@@ -19,7 +19,11 @@ base channels), in one run on one device:
   model-only. Targets (issue 12): at least 0.85 for the paper's U-Net, 0.5 for the
   demo model, start-up under 15 s;
 * with ``--layouts``: the steady state again with other worker layouts (processes x
-  threads), a third as long: how many host paths the device needs (bench/gpu_feed.py).
+  threads), a third as long: how many host paths the device needs (bench/gpu_feed.py);
+* with ``--block-sizes``: the steady state again on the first cluster with other
+  ``--block-size`` values, a third as long: larger blocks spread the host's per-block
+  costs over more pixels (bench/gpu_feed.py measured 0.63x the host CPU per pixel at
+  4096 px against 2048 on CPU).
 
 On CPU (``--cluster cpu``) the model-only figure is one torch thread's while the
 cluster uses every core: a check that the script runs, not a measurement.
@@ -130,10 +134,17 @@ def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Names
         warm_workers(client, run.job)
         warm_s = time.perf_counter() - warm
         rate, blocks_rate = steady_state(client, info, src, model_dir, work, name, runs)
+        by_block = {size: steady_state(client, info, src, model_dir, work, name,
+                                       max(1, runs // 3), size)[0]
+                    for size in args.block_sizes}
     print(f"{name}: start-up {cluster_s + warm_s:.1f} s (cluster {cluster_s:.1f} s, warming "
           f"{info.workers} worker(s) {warm_s:.1f} s); steady state {rate / 1e6:.1f} Mpx/s end "
           f"to end ({blocks_rate / 1e6:.1f} over the blocks), "
           f"ratio to model only {rate / ceiling:.2f}", flush=True)
+    for size, size_rate in by_block.items():
+        print(f"{name}: --block-size {size}: steady state {size_rate / 1e6:.1f} Mpx/s, ratio "
+              f"to model only {size_rate / ceiling:.2f}, {size_rate / rate:.2f} x the default "
+              "block's", flush=True)
     # Other worker layouts on the same device: processes x threads (more processes than
     # GPUs share them, cluster._shared_gpus), each warmed, the same steady state.
     for layout in args.layouts:
@@ -147,7 +158,7 @@ def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Names
 
 
 def steady_state(client: Any, info: Any, src: str, model_dir: str, work: Any, name: str,
-                 runs: int) -> tuple[float, float]:
+                 runs: int, block_size: int | None = None) -> tuple[float, float]:
     """(end-to-end px/s over ``runs`` segmentations on the warm cluster, px/s over
     their blocks alone)."""
     from unet_tiles.engine.run import SegmentRequest, validate
@@ -156,7 +167,8 @@ def steady_state(client: Any, info: Any, src: str, model_dir: str, work: Any, na
     started = time.perf_counter()
     for k in range(runs):
         out = work / f"{name}-{k}.zarr"
-        summary = validate(SegmentRequest(src, str(out), model_dir)).segment(
+        summary = validate(SegmentRequest(src, str(out), model_dir,
+                                          block_size=block_size)).segment(
             client, info, progress=False)
         done_pixels += summary.pixels
         block_s += summary.seconds
@@ -177,6 +189,8 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="*", default=[], metavar="WORKERSxTHREADS",
                         help="other worker layouts to measure the steady state with, "
                              "e.g. 1x4 1x8 4x2 (worker processes x threads each)")
+    parser.add_argument("--block-sizes", type=int, nargs="*", default=[], metavar="PX",
+                        help="other block sizes to measure the steady state with")
     args = parser.parse_args()
     from unet_tiles.model.files import save_model
     from unet_tiles.model.unet import UNetConfig, build_unet

@@ -9,4 +9,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, dask, distributed, zarr, dask_cuda; print('torch', torch.__version__, 'dask', dask.__version__, 'dask_cuda', dask_cuda.__version__)"
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -s -o addopts="" 2>&1 | tail -15
 cd bench && timeout "${BENCH_TIMEOUT:-360}" python3 gpu.py --size "${SIZE:-8192}" \
-    --model-seconds "${MODEL_SECONDS:-30}" ${COMPILE:+--compile} --layouts ${LAYOUTS-1x4 4x2} 2>&1 | grep -v -E "^(INFO|WARNING|DEBUG)"
+    --model-seconds "${MODEL_SECONDS:-30}" ${COMPILE:+--compile} --layouts ${LAYOUTS-1x4 4x2} --block-sizes ${BLOCKS-4096} 2>&1 | grep -v -E "^(INFO|WARNING|DEBUG)"

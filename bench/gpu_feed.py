@@ -1,7 +1,7 @@
 """Can one worker's host path keep a fast GPU busy? Simulated on CPU, no GPU needed.
 
     python bench/gpu_feed.py [--gpu-mpxs 593] [--threads 1 2] [--size 16384]
-                             [--block-size 2048] [--rounds 2]
+                             [--block-sizes 2048 4096] [--rounds 2]
 
 A GPU worker (``engine.cluster._local_cuda``: one process, ``T`` threads, ``T`` units
 of the ``GPU`` resource, one per block task) runs the engine's own ``run_plan`` /
@@ -28,6 +28,11 @@ ratio to distributed's defaults, and:
 * the host's CPU per block in the worker process (what each thread must do between
   forward passes), and the rate with ``--gpu-mpxs 0`` (no device time at all): what
   the host path alone delivers with ``T`` threads on this machine.
+
+With several ``--block-sizes`` each is run the same way, interleaved with the others,
+and the host's CPU per megapixel is given against the first size's: the per-block
+costs (the chunk check, the done-marker, scheduling, every store request's thread
+hops) spread over more pixels in a larger block.
 
 Thread counts above this machine's cores show what the GIL and zarr's I/O loop allow
 when the cores run out, not what a GPU host with more cores gets. The real GPU path
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                              "an H100, float16)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--size", type=int, default=16384)
-    parser.add_argument("--block-size", type=int, default=2048)
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[2048])
     parser.add_argument("--rounds", type=int, default=2, help="best of this many")
     parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
@@ -146,30 +151,37 @@ def main(argv: list[str] | None = None) -> None:
         image = synthetic_input(work, args.size)
         model = bench_model(args.model, work)
         cores = len(os.sched_getaffinity(0))
-        blocks = (args.size // args.block_size) ** 2
-        gpu_ms = args.block_size**2 / (args.gpu_mpxs * 1e6) * 1e3
-        print(f"{args.size} x {args.size} uint8, {blocks} blocks of {args.block_size} px, "
-              f"labels; simulated device {args.gpu_mpxs:g} Mpx/s ({gpu_ms:.1f} ms per "
-              f"block); {cores} cores; best of {args.rounds}, settings interleaved")
-        settings = [(t, e, g) for t in args.threads for e in environs
-                    for g in (args.gpu_mpxs, 0.0)]
-        results: dict[tuple[int, str, float], list[tuple[float, float]]] = {
+        gpu_ms = {b: b**2 / (args.gpu_mpxs * 1e6) * 1e3 for b in args.block_sizes}
+        print(f"{args.size} x {args.size} uint8, blocks of "
+              f"{', '.join(f'{b} px ({(args.size // b) ** 2})' for b in args.block_sizes)}, "
+              f"labels; simulated device {args.gpu_mpxs:g} Mpx/s ("
+              f"{', '.join(f'{ms:.1f}' for ms in gpu_ms.values())} ms per block); {cores} "
+              f"cores; best of {args.rounds}, settings interleaved")
+        settings = [(b, t, e, g) for b in args.block_sizes for t in args.threads
+                    for e in environs for g in (args.gpu_mpxs, 0.0)]
+        results: dict[tuple[int, int, str, float], list[tuple[float, float]]] = {
             s: [] for s in settings}
         for _ in range(args.rounds):
-            for threads, name, gpu in settings:
-                results[(threads, name, gpu)].append(one_run(
-                    image, model, work, threads, gpu, args.block_size, environs[name]))
-        print(f"{'workers':24s} threads  Mpx/s  ratio  device busy  host CPU ms/block  "
-              "host alone Mpx/s")
-        for threads in args.threads:
-            base = max(r for r, _ in results[(threads, next(iter(environs)), args.gpu_mpxs)])
-            for name in environs:
-                runs = results[(threads, name, args.gpu_mpxs)]
-                rate = max(r for r, _ in runs)
-                cpu = statistics.median(c for _, c in runs)
-                alone = max(r for r, _ in results[(threads, name, 0.0)])
-                print(f"{name:24s} {threads:7d} {rate:6.1f} {rate / base:6.2f} "
-                      f"{rate / args.gpu_mpxs:12.2f} {cpu * 1e3:18.1f} {alone:17.1f}")
+            for block, threads, name, gpu in settings:
+                results[(block, threads, name, gpu)].append(one_run(
+                    image, model, work, threads, gpu, block, environs[name]))
+        print(f"{'workers':24s} block threads  Mpx/s  ratio  device busy  host CPU ms/block"
+              "  CPU/Mpx vs first block  host alone Mpx/s")
+        for block in args.block_sizes:
+            for threads in args.threads:
+                base = max(r for r, _ in results[(block, threads, next(iter(environs)),
+                                                  args.gpu_mpxs)])
+                for name in environs:
+                    runs = results[(block, threads, name, args.gpu_mpxs)]
+                    rate = max(r for r, _ in runs)
+                    cpu = statistics.median(c for _, c in runs)
+                    first = statistics.median(c for _, c in results[
+                        (args.block_sizes[0], threads, name, args.gpu_mpxs)])
+                    per_mpx = (cpu / block**2) / (first / args.block_sizes[0] ** 2)
+                    alone = max(r for r, _ in results[(block, threads, name, 0.0)])
+                    print(f"{name:24s} {block:5d} {threads:7d} {rate:6.1f} {rate / base:6.2f} "
+                          f"{rate / args.gpu_mpxs:12.2f} {cpu * 1e3:18.1f} {per_mpx:23.2f} "
+                          f"{alone:17.1f}")
     finally:
         with contextlib.suppress(OSError):
             shutil.rmtree(work)
