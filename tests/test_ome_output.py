@@ -8,6 +8,7 @@ zarr implementation) to the same values as zarr-python.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -111,6 +112,10 @@ def test_output_is_a_valid_label_image_with_the_sources_pyramid(tmp_path: Path, 
         cols = nearest_indices(below.shape[1], here.shape[1])
         np.testing.assert_array_equal(here, below[np.ix_(rows, cols)])
         assert set(np.unique(here)) <= {0, 1, 2}
+    if version == "0.4":  # zarr v2: one compressor, zstd at level 1 (writer.ZSTD_LEVEL)
+        for array in ("0", "probabilities/0", "done"):
+            meta = json.loads((tmp_path / "out.zarr" / array / ".zarray").read_text())
+            assert (meta["compressor"]["id"], meta["compressor"]["level"]) == ("zstd", 1)
     # A second zarr implementation reads the same values.
     for level in range(3):
         np.testing.assert_array_equal(tensorstore_read(str(tmp_path / "out.zarr" / str(level)),

@@ -56,18 +56,24 @@ def pair(tmp_path: Path, image: str, model: str) -> tuple[Path, Path]:
     return damaged, kept
 
 
-def codecs(path: Path) -> list[str]:
+def codec_list(path: Path) -> list[dict[str, Any]]:
     meta = json.loads((path / "zarr.json").read_text())
-    found = meta["codecs"]
+    found: list[dict[str, Any]] = meta["codecs"]
     if found[0]["name"] == "sharding_indexed":
         found = found[0]["configuration"]["codecs"]
-    return [c["name"] for c in found]
+    return found
+
+
+def codecs(path: Path) -> list[str]:
+    return [c["name"] for c in codec_list(path)]
 
 
 def test_every_array_carries_crc32c_after_the_compressor(pair: tuple[Path, Path]) -> None:
     out, _ = pair
     for name in ("labels", "probabilities", "done"):
         assert codecs(out / name) == ["bytes", "zstd", "crc32c"], name
+        # zstd's level 1, not zarr's default 3 (writer.ZSTD_LEVEL).
+        assert codec_list(out / name)[1]["configuration"]["level"] == 1, name
 
 
 def test_a_clean_output_verifies(pair: tuple[Path, Path],

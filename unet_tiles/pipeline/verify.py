@@ -2,7 +2,7 @@
 
 Every chunk of every array of the output is read and decoded, one at a time
 (bounded memory: one chunk, or for a sharded array one shard's bytes). zarr v3
-outputs carry the crc32c codec (``writer.checksummed``), so a flipped bit fails
+outputs carry the crc32c codec (``writer.compressors``), so a flipped bit fails
 the decode ("checksum mismatch") instead of reading as wrong pixels. A sharded
 array's shard index has its own crc32c, checked here; each inner chunk is then
 decoded on its own.
