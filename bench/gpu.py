@@ -22,8 +22,8 @@ base channels), in one run on one device:
   threads), a third as long: how many host paths the device needs (bench/gpu_feed.py);
 * with ``--block-sizes``: the steady state again on the first cluster with other
   ``--block-size`` values, a third as long: larger blocks spread the host's per-block
-  costs over more pixels (bench/gpu_feed.py measured 0.63x the host CPU per pixel at
-  4096 px against 2048 on CPU).
+  costs over more pixels (bench/gpu_feed.py measured 0.70-0.79x the host CPU per pixel
+  at 4096 px against 2048, on CPU).
 
 On CPU (``--cluster cpu``) the model-only figure is one torch thread's while the
 cluster uses every core: a check that the script runs, not a measurement.

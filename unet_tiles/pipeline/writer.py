@@ -155,9 +155,10 @@ def remove_output(url: str) -> None:
 
 
 # zstd's level 1, not zarr's default (3): a block's float16 probabilities are written
-# 1.8-2.1x faster for 3 % more bytes, its labels within 10 % as fast and 12 % smaller
-# (bench/output_codec.py). On a GPU the device waits while its host encodes: at level 3
-# a block's probabilities took 8-9x the demo model's time for it on an H100.
+# 1.8-2.3x faster for 3 % more bytes, its labels about as fast (0.84-1.12x in three
+# runs) and 12 % smaller (bench/output_codec.py). On a GPU the device waits while its
+# host encodes: at level 3 a block's probabilities took 8-9x the demo model's time for
+# it on an H100.
 ZSTD_LEVEL = 1
 
 
