@@ -67,12 +67,6 @@ def compare(name: str, location: str, block: int, rounds: int) -> None:
         print(f"{name:6s} {way:14s} {ms:8.2f} ms per block {base / ms:6.2f}x")
 
 
-def upload(fs: Any, local: Path, target: str) -> None:
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            fs.pipe_file(f"{target}/{path.relative_to(local).as_posix()}", path.read_bytes())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=8192)
@@ -88,17 +82,14 @@ def main() -> None:
         compare("local", image, args.block, args.rounds)
         if not args.no_s3:
             sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-            import s3fs
-            from s3_server import REGION, start_server
+            from s3_server import S3, start_server
 
             with start_server(work / "moto.log") as server:
-                os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                                   "AWS_ENDPOINT_URL": server.endpoint,
-                                   "AWS_DEFAULT_REGION": REGION})
-                fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": server.endpoint})
-                fs.mkdir("bench")
-                upload(fs, Path(image), "bench/image.zarr")
-                compare("s3", "s3://bench/image.zarr", args.block, args.rounds)
+                s3 = S3(endpoint=server.endpoint, key_id="bench", secret="bench",
+                        bucket="bench")
+                os.environ.update(s3.env())
+                s3.fs().mkdir(s3.bucket)
+                compare("s3", s3.upload(image, "image.zarr"), args.block, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
