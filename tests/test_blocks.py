@@ -17,8 +17,11 @@ import zarr
 from helpers import reference_logits, softmax, write_zarr
 
 from unet_tiles.engine.blocks import (
+    READ_CACHE_BYTES,
     RunSummary,
+    _input_chunks,
     _open_input,
+    _read_cache_budget,
     process_block,
     run_plan,
     run_serial,
@@ -78,6 +81,34 @@ def test_run_serial_writes_every_block(tmp_path: Path, make_model: Callable[...,
     assert np.abs(probs - expected).max() <= 1e-4
     assert (labels == expected.argmax(0)).mean() > 0.999
     assert (labels == expected.argmax(0)).mean() > 0.999
+
+
+def test_blocks_share_decoded_chunks_and_write_the_same_bytes(
+        tmp_path: Path, make_model: Callable[..., Path]) -> None:
+    """A run's blocks take their neighbours' chunks from the worker's cache, each
+    decoded once, and write what blocks reading every chunk themselves write."""
+    model = make_model(depth=1)
+    src = write_zarr(tmp_path / "in.zarr", _image((96, 128)), (16, 16))
+    cached = _prepared(tmp_path, model, src, "cached.zarr")
+    cache = _input_chunks(READ_CACHE_BYTES)
+    assert cache is not None
+    before = (cache.hits, cache.misses, len(cache))
+    summary = run_serial(cached.plan, cached.job)
+    assert summary.blocks_done == 12
+    hits, misses = cache.hits - before[0], cache.misses - before[1]
+    assert misses == len(cache) - before[2] == 6 * 8  # every chunk of the image, once
+    assert hits > misses
+    # Under the run's id: another run of the same source finds none of them.
+    assert ((0, 16), (0, 16)) in cache.scoped(cached.job.run_id)
+    assert ((0, 16), (0, 16)) not in cache.scoped("another run")
+    plain = _prepared(tmp_path, model, src, "plain.zarr")
+    assert _input_chunks(0) is None
+    run_serial(plain.plan, replace(plain.job, read_cache_bytes=0))
+    assert (cache.hits, cache.misses) == (hits + before[0], misses + before[1])
+    for name in ("labels", "probabilities"):
+        a = zarr.open_array(str(tmp_path / "cached.zarr" / name), mode="r")
+        b = zarr.open_array(str(tmp_path / "plain.zarr" / name), mode="r")
+        np.testing.assert_array_equal(a[...], b[...])
 
 
 def test_run_serial_skips_the_skip_grid(tmp_path: Path, make_model: Callable[..., Path]) -> None:
@@ -226,6 +257,17 @@ def test_a_store_replaced_with_another_codec_is_read_afresh(
     np.testing.assert_array_equal(labels, fresh_labels)
     expected = softmax(reference_logits(model, second[None]))
     assert np.abs(probs - expected).max() <= 1e-4
+
+
+def test_read_cache_budget_is_a_sixteenth_of_a_workers_limit_at_most(client: Any) -> None:
+    assert _read_cache_budget(1 << 20) == 1 << 20  # outside a worker: as asked
+    limits = {address: info["memory_limit"]
+              for address, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+    assert all(limits.values())
+    for address, limit in limits.items():  # in a task, as process_block asks
+        for asked, budget in [(1 << 50, limit // 16), (1 << 20, 1 << 20)]:
+            assert client.submit(_read_cache_budget, asked, workers=[address],
+                                 pure=False).result() == budget
 
 
 def test_open_input_is_cached_per_source_and_run(tmp_path: Path) -> None:

@@ -67,7 +67,31 @@ def test_bad_values_name_the_flag(tmp_path: Path, make_model: Any,
                  "--block-size", "2"])
     assert code == 2
     assert "--block-size 2 is below this model's minimum" in capsys.readouterr().err
+    code = main(["segment", src, str(tmp_path / "out.zarr"), "--model", model,
+                 "--read-cache-mb", "-1"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "unet-tiles: error: --read-cache-mb must be 0 (no cache) or more MiB, got -1\n")
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_read_cache_mb_sets_the_workers_budget(tmp_path: Path, make_model: Any) -> None:
+    from unet_tiles.engine.blocks import READ_CACHE_BYTES
+    from unet_tiles.engine.run import SegmentRequest, validate
+
+    src = write_zarr(tmp_path / "in.zarr", np.zeros((40, 40), dtype="uint8"), (20, 20))
+    args = build_parser().parse_args(["segment", src, "out.zarr", "--model",
+                                      str(make_model()), "--read-cache-mb", "3"])
+    from unet_tiles.cli.options import request_options
+
+    options = request_options(args)
+    assert options["read_cache_mb"] == 3
+    budget = validate(SegmentRequest(src, str(tmp_path / "o.zarr"), **options))
+    assert budget.job.read_cache_bytes == 3 << 20
+    default = validate(SegmentRequest(src, str(tmp_path / "o.zarr"), str(make_model())))
+    assert default.job.read_cache_bytes == READ_CACHE_BYTES
+    # Not a parameter of the output: a rerun with another budget resumes the same store.
+    assert budget.record.parameters == default.record.parameters
 
 
 def test_flows_word_parameters_by_name() -> None:

@@ -4,18 +4,29 @@ or widened, NaN/Inf read as 0, missing chunks named (invariant 6)."""
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import zarr
 from helpers import write_zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from strategies import MODELS
+from zarr.storage import LocalStore, WrapperStore
 
 from unet_tiles.errors import InputIncompleteError
+from unet_tiles.pipeline.chunk_cache import ChunkCache
 from unet_tiles.pipeline.plan import make_plan
 from unet_tiles.pipeline.source import ImageSource, open_source
-from unet_tiles.pipeline.window import chunk_keys, input_region, missing_chunks, read_window
+from unet_tiles.pipeline.window import (
+    chunk_keys,
+    input_region,
+    missing_chunks,
+    read_region,
+    read_window,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -276,3 +287,177 @@ def test_chunk_keys_of_a_region(tmp_path: Path) -> None:
     assert missing_chunks(sharded, (slice(0, 40), slice(0, 40))) == []
     (tmp_path / "sharded.zarr" / "c" / "1" / "0").unlink()
     assert missing_chunks(sharded, (slice(0, 40), slice(0, 40))) == ["c/1/0"]
+
+
+# --- through the workers' cache of decoded chunks (chunk_cache.py) ----------------------
+
+
+class CountingStore(WrapperStore[LocalStore]):
+    """A local store that counts the reads of each key: what the cache saves."""
+
+    def __init__(self, store: LocalStore) -> None:
+        super().__init__(store)
+        self.gets: Counter[str] = Counter()
+
+    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+        self.gets[key] += 1
+        return await self._store.get(key, prototype, byte_range)
+
+
+def _counted(source: ImageSource) -> tuple[Any, CountingStore]:
+    store = CountingStore(LocalStore(source.url, read_only=True))
+    return zarr.open_array(store, mode="r", path=source.array_path or None), store
+
+
+# (axes, shape, input chunks, shards, zarr format, model dims): lead axes iterated one
+# plane at a time (their chunks span two planes), a channel axis chunked one channel at
+# a time, 3D, a sharded array (chunks read inside a shard), zarr v2.
+LAYOUTS = {
+    "yx": ("yx", (70, 90), (16, 16), None, 3, 2),
+    "tzyx": ("tzyx", (2, 3, 30, 40), (1, 2, 16, 16), None, 3, 2),
+    "cyx": ("cyx", (2, 40, 50), (1, 16, 16), None, 3, 2),
+    "zyx-3d": ("zyx", (20, 30, 50), (8, 16, 16), None, 3, 3),
+    "sharded": ("yx", (70, 90), (8, 8), (32, 32), 3, 2),
+    "v2": ("yx", (70, 90), (16, 16), None, 2, 2),
+}
+
+
+def _layout_source(tmp_path: Path, name: str) -> tuple[ImageSource, np.ndarray, int]:
+    axes, shape, chunks, shards, zarr_format, dims = LAYOUTS[name]
+    data = np.random.default_rng(11).integers(0, 255, shape).astype(np.uint8)
+    if shards is None:
+        path = write_zarr(tmp_path / "in.zarr", data, chunks, zarr_format=zarr_format)
+    else:
+        array = zarr.create_array(str(tmp_path / "in.zarr"), shape=shape, chunks=chunks,
+                                  shards=shards, dtype="uint8")
+        array[...] = data
+        path = str(tmp_path / "in.zarr")
+    return open_source(path, axes=axes), data, dims
+
+
+def _plane(data: np.ndarray, axes: str, block: Block) -> np.ndarray:
+    """The ``(C, *spatial)`` image ``block`` is cut from (its lead axes' plane)."""
+    chw = np.moveaxis(data, axes.index("c"), 0) if "c" in axes else data[None]
+    return chw[(slice(None), *block.write.offset[:block.lead])]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_cached_windows_equal_numpy_and_each_chunk_is_read_once(tmp_path: Path,
+                                                                 layout: str) -> None:
+    from unet_tiles.model.unet import UNetConfig, build_unet
+
+    source, data, dims = _layout_source(tmp_path, layout)
+    model = build_unet(UNetConfig(depth=1, base_channels=1, dims=3)) if dims == 3 else MODEL
+    plan = plan_for(source, 16, tile=8, dims=dims, model=model)
+    array, store = _counted(source)
+    cache = ChunkCache(1 << 30)
+    for block in plan:
+        window = read_window(array, source, block, cache=cache)
+        np.testing.assert_array_equal(window, numpy_window(_plane(data, source.axes, block),
+                                                           block))
+    chunk_reads = {k: n for k, n in store.gets.items() if not k.endswith(
+        ("zarr.json", ".zarray", ".zattrs", ".zgroup"))}
+    # Every window reaches into its neighbours' chunks, which the cache had decoded.
+    assert cache.hits > cache.misses
+    if layout != "sharded":
+        # Unsharded, each chunk is one read, and each was read (then decoded) once per
+        # plane of the iterated axes it holds (a z chunk of two planes: twice).
+        lead = len(source.axes) - dims - ("c" in source.axes)
+        chunks = LAYOUTS[layout][2]
+        for key, reads in chunk_reads.items():
+            index = [int(i) for i in key.replace(".", "/").split("/")[-len(chunks):]]
+            planes = [min(chunks[a], source.shape[a] - index[a] * chunks[a])
+                      for a in range(lead)]
+            assert reads == int(np.prod(planes)), key
+    # Each piece (a chunk's box along the tiled axes, the window's along the others)
+    # was fetched once; a shard is read once per window that still needed chunks of it.
+    assert cache.misses == len(cache)
+
+
+def test_uncached_reads_of_the_same_blocks_read_chunks_again(tmp_path: Path) -> None:
+    # The baseline of the test above: without a cache a chunk is read by every window
+    # that touches it.
+    source, _data, _dims = _layout_source(tmp_path, "yx")
+    array, store = _counted(source)
+    for block in plan_for(source, 16, tile=8):
+        read_window(array, source, block)
+    assert max(store.gets.values()) > 1
+
+
+def test_a_cache_smaller_than_a_chunk_still_reads_every_window_right(tmp_path: Path) -> None:
+    data = np.random.default_rng(12).integers(0, 255, (64, 96)).astype(np.uint8)
+    source = open_source(write_zarr(tmp_path / "in.zarr", data, (16, 16)))
+    cache = ChunkCache(16 * 16 - 1)
+    for block in plan_for(source, 16, tile=8):
+        window = read_window(source.open(), source, block, cache=cache)
+        np.testing.assert_array_equal(window, numpy_window(data[None], block))
+    assert len(cache) == 0
+
+
+def test_a_missing_chunk_is_named_through_the_cache_and_allowed_as_fill(
+        tmp_path: Path) -> None:
+    image = np.random.default_rng(7).integers(1, 255, (128, 128)).astype(np.uint8)
+    path = write_zarr(tmp_path / "in.zarr", image, (32, 32))
+    (tmp_path / "in.zarr" / "c" / "0" / "1").unlink()
+    source = open_source(path)
+    plan = plan_for(source, 32)
+    cache = ChunkCache(1 << 30)
+    # Its neighbour, far from the hole, fills the cache with chunks the next one needs.
+    read_window(source.open(), source, plan.block((2, 3)), cache=cache)
+    assert len(cache) > 0
+    with pytest.raises(InputIncompleteError, match=r"chunk\(s\) c/0/1 of .*in\.zarr are missing"):
+        read_window(source.open(), source, plan.block((0, 1)), cache=cache)
+    window = read_window(source.open(), source, plan.block((0, 1)),
+                         allow_missing_chunks=True, cache=cache)
+    holed = image.copy()
+    holed[:32, 32:64] = 0
+    np.testing.assert_array_equal(window, numpy_window(holed[None], plan.block((0, 1))))
+
+
+def test_an_undecodable_chunk_through_the_cache_names_the_region(tmp_path: Path) -> None:
+    image = np.random.default_rng(8).integers(0, 255, (128, 128)).astype(np.uint8)
+    path = write_zarr(tmp_path / "in.zarr", image, (32, 32))
+    (tmp_path / "in.zarr" / "c" / "3" / "3").write_bytes(b"\x00garbage, not zstd\xff" * 7)
+    source = open_source(path)
+    plan = plan_for(source, 32)
+    cache = ChunkCache(1 << 30)
+    for index in [(0, 0), (1, 1)]:  # neither reaches c/3/3
+        read_window(source.open(), source, plan.block(index), cache=cache)
+    with pytest.raises(InputIncompleteError, match=r"input unreadable: .*in\.zarr region "
+                       r"\[\(76, 128\), \(76, 128\)\] could not be decoded"):
+        read_window(source.open(), source, plan.block((3, 3)), cache=cache)
+    assert len(cache) > 0
+    assert ((96, 128), (96, 128)) not in cache
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 30), st.integers(1, 30)),
+    chunks=st.tuples(st.integers(1, 3), st.integers(3, 13), st.integers(3, 13)),
+    shard_factor=st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3),
+                                                st.integers(1, 3))),
+    budget_chunks=st.integers(0, 12),
+    data=st.data(),
+)
+def test_read_region_equals_zarr_whatever_the_regions_and_budget(
+        shape: tuple[int, int, int], chunks: tuple[int, int, int],
+        shard_factor: tuple[int, int, int] | None, budget_chunks: int,
+        data: st.DataObject) -> None:
+    # A zarr array in memory, sharded or not, read region after region (a lead axis
+    # of planes, two split axes) through one cache of a few chunks' budget.
+    shards = None if shard_factor is None else tuple(
+        c * f for c, f in zip(chunks, shard_factor, strict=True))
+    array = zarr.create_array({}, shape=shape, chunks=chunks, shards=shards, dtype="int16",
+                              config={"write_empty_chunks": True})
+    values = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    array[...] = values
+    cache = ChunkCache(budget_chunks * int(np.prod(chunks)) * 2)
+    for _ in range(4):
+        plane = data.draw(st.integers(0, shape[0] - 1))
+        region = [slice(plane, plane + 1)]
+        for n in shape[1:]:
+            start = data.draw(st.integers(0, n - 1))
+            region.append(slice(start, data.draw(st.integers(start + 1, n))))
+        got = read_region(array, tuple(region), [1, 2], cache=cache)
+        np.testing.assert_array_equal(got, values[tuple(region)])
+        assert cache.nbytes <= cache.max_bytes

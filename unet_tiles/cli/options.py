@@ -24,7 +24,7 @@ REQUEST_FIELDS = ("model_dir", "output_kind", "dtype", "block_size", "tile_size"
                   "into_source",
                   "label_name", "level", "shard", "instance_class", "connectivity",
                   "min_size", "consecutive", "objects_csv", "split", "seed_probability",
-                  "split_distance", "configuration")
+                  "split_distance", "read_cache_mb", "configuration")
 
 
 class OutputChoices(tuple[str, ...]):
@@ -118,6 +118,10 @@ def add_request_options(p: argparse.ArgumentParser) -> None:
     objects.add_argument("--split-distance", type=int, default=10, metavar="PX",
                          help="with --split: the farthest a cell grows from its seed "
                          "(default 10 px)")
+    group.add_argument("--read-cache-mb", type=int, default=None, metavar="MB",
+                       help="decoded input chunks each worker keeps for the next blocks, "
+                       "whose windows reach into them (default 256, at most a sixteenth of "
+                       "a worker's memory limit; 0: none)")
     group.add_argument("--allow-missing-chunks", action="store_true",
                        help="read missing input chunks as the fill value (for stores written "
                        "without empty chunks); by default a missing chunk fails its block")

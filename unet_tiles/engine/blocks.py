@@ -26,11 +26,20 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from unet_tiles.model.unet import UNet
+    from unet_tiles.pipeline.chunk_cache import ChunkCache
     from unet_tiles.pipeline.plan import Block, BlockPlan
     from unet_tiles.pipeline.source import ImageSource
     from unet_tiles.pipeline.writer import OutputSpec
 
 logger = logging.getLogger(__name__)
+
+# Decoded input chunks a worker keeps for the next blocks' windows (pipeline/
+# chunk_cache.py), at most this and a sixteenth of its memory limit: a block's
+# window reaches into its neighbours' chunks, which were decoded (and on object
+# storage fetched) again by every block that touched them. 256 MiB holds the four
+# chunk rows a row of 2048 px blocks shares with the next in a 1024 px-chunked
+# uint8 image up to 64 kpx wide; in wider ones the left neighbour's still hit.
+READ_CACHE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class BlockJob:
     # A tile's input size (the plan's first block's): a GPU worker runs one batch of
     # them before its first block, so kernel selection is not the first block's time.
     warm_tile: tuple[int, ...] | None = None
+    # The worker's cache of decoded input chunks (0: none); see READ_CACHE_BYTES.
+    read_cache_bytes: int = READ_CACHE_BYTES
 
 
 @dataclass
@@ -103,9 +114,11 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     model, channels_last = _job_model(job, device)
     name = block.describe(job.output.axes)
     # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
+    chunks = _input_chunks(_read_cache_budget(job.read_cache_bytes))
+    cache = chunks.scoped(job.run_id) if chunks is not None else None
     window = with_retries(
         lambda: read_window(_open_input(job.source, job.run_id), job.source, block,
-                            job.allow_missing_chunks),
+                            job.allow_missing_chunks, cache),
         f"reading {name}", job.source.location)
     spec = job.output
     result = predict_block(
@@ -232,6 +245,26 @@ def _open_output(spec: OutputSpec, run_id: str) -> Any:
 
     del run_id
     return open_output(spec)
+
+
+@functools.lru_cache(maxsize=1)
+def _input_chunks(max_bytes: int) -> ChunkCache | None:
+    """This worker process's cache of decoded input chunks (None: no cache), shared by
+    the runs it serves at once (an archive's images), each under its run id."""
+    from unet_tiles.pipeline.chunk_cache import ChunkCache
+
+    return ChunkCache(max_bytes) if max_bytes > 0 else None
+
+
+def _read_cache_budget(asked_bytes: int) -> int:
+    """``asked_bytes``, at most a sixteenth of this worker's memory limit, if it has one."""
+    from distributed import get_worker
+
+    try:
+        limit = get_worker().memory_manager.memory_limit
+    except ValueError:  # not in a worker: run_serial, benchmarks
+        return asked_bytes
+    return min(asked_bytes, limit // 16) if limit else asked_bytes
 
 
 def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None,

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles import __version__
-from unet_tiles.engine.blocks import BlockJob, RunSummary, run_plan, run_serial, warm_workers
+from unet_tiles.engine.blocks import (
+    READ_CACHE_BYTES,
+    BlockJob,
+    RunSummary,
+    run_plan,
+    run_serial,
+    warm_workers,
+)
 from unet_tiles.engine.lock import RunLock
 from unet_tiles.engine.pyramid import build_pyramid
 from unet_tiles.errors import InputError, OutputConflictError, UsageError
@@ -116,6 +123,9 @@ class SegmentRequest:
     level: int = 0
     # zarr v3 shard edge in px (whole output chunks); None: no sharding.
     shard: int | None = None
+    # Decoded input chunks each worker keeps for the next blocks, in MiB (0: none; None:
+    # blocks.READ_CACHE_BYTES). Never changes the output, so it is not recorded.
+    read_cache_mb: int | None = None
     # The options as the user gave them (CLI and --config merged): recorded in the
     # provenance, never compared (cli/config.py).
     configuration: dict[str, Any] | None = field(default=None, compare=False, hash=False)
@@ -153,6 +163,9 @@ class SegmentRequest:
                              f"{', '.join(PRECISIONS)}")
         if self.shard is not None and self.shard < 1:
             raise UsageError(f"`shard` must be at least 1 px, got {self.shard}")
+        if self.read_cache_mb is not None and self.read_cache_mb < 0:
+            raise UsageError(f"`read_cache_mb` must be 0 (no cache) or more MiB, got "
+                             f"{self.read_cache_mb}")
         if self.output_format not in OUTPUT_FORMATS:
             raise UsageError(f"`output_format` {self.output_format!r} must be one of "
                              f"{OUTPUT_FORMATS}")
@@ -457,7 +470,9 @@ def validate(request: SegmentRequest) -> Run:
                    precision=request.precision,
                    run_id=uuid.uuid4().hex, allow_missing_chunks=request.allow_missing_chunks,
                    plan=plan if instances is not None else None,
-                   warm_tile=tuple(t.size_in for t in next(iter(plan)).tiles))
+                   warm_tile=tuple(t.size_in for t in next(iter(plan)).tiles),
+                   read_cache_bytes=READ_CACHE_BYTES if request.read_cache_mb is None
+                   else request.read_cache_mb << 20)
     return Run(request, source, plan, job, Provenance(
         __version__, digest, parameters, input_identity,
         configuration=dict(request.configuration or {})))

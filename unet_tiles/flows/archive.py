@@ -136,6 +136,7 @@ def segment_archive(
     split: str = "none",
     seed_probability: float = 0.9,
     split_distance: int = 10,
+    read_cache_mb: int | None = None,
     configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
@@ -172,7 +173,7 @@ def segment_archive(
                "connectivity": connectivity, "min_size": min_size, "consecutive": consecutive,
                "objects_csv": objects_csv, "split": split,
                "seed_probability": seed_probability, "split_distance": split_distance,
-               "configuration": configuration}
+               "read_cache_mb": read_cache_mb, "configuration": configuration}
     images = discover_step(root, output_root)
     planned = plan_step(images, output_root, options)
     todo = [o for o in planned if o.status == "todo"]

@@ -55,6 +55,7 @@ def segment_image(
     split: str = "none",
     seed_probability: float = 0.9,
     split_distance: int = 10,
+    read_cache_mb: int | None = None,
     configuration: dict[str, Any] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
@@ -95,7 +96,7 @@ def segment_image(
             shard=shard, instance_class=instance_class, connectivity=connectivity,
             min_size=min_size, consecutive=consecutive, objects_csv=objects_csv,
             split=split, seed_probability=seed_probability, split_distance=split_distance,
-            configuration=configuration,
+            read_cache_mb=read_cache_mb, configuration=configuration,
         )
         choice = cluster_choice(cluster, workers, threads_per_worker)
     if make_parent_dirs:

@@ -17,6 +17,7 @@ from unet_tiles.pipeline.plan import Block, reflect_indices
 if TYPE_CHECKING:
     import zarr
 
+    from unet_tiles.pipeline.chunk_cache import ChunkCache
     from unet_tiles.pipeline.source import ImageSource
 
 
@@ -35,12 +36,16 @@ def chunk_keys(array: zarr.Array[Any], region: tuple[slice, ...]) -> list[str]:
 
 
 def missing_chunks(array: zarr.Array[Any], region: tuple[slice, ...]) -> list[str]:
+    """Store keys of the chunks (or shards) that ``region`` touches and the store lacks."""
+    return _absent(array, chunk_keys(array, region))
+
+
+def _absent(array: zarr.Array[Any], keys: list[str]) -> list[str]:
     import asyncio
 
     from zarr.core.sync import sync
 
     store = array.store_path.store
-    keys = chunk_keys(array, region)
 
     # All at once: a block's window touches 9 chunks or more, and one at a time each
     # waited for the one before (a thread hop on a local store, a round trip on S3).
@@ -100,38 +105,35 @@ NATIVE_DTYPES = (np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.float32))
 
 
 def read_window(array: zarr.Array[Any], source: ImageSource, block: Block,
-                allow_missing_chunks: bool = False) -> np.ndarray:
+                allow_missing_chunks: bool = False,
+                cache: ChunkCache | None = None) -> np.ndarray:
     """The block's read window ``(C, *spatial)``, mirror-extrapolated.
 
     The dtype is the input's for uint8, int16 and float32, else float32.
 
     Only the part of the image the mirrored indices touch is read, so memory
-    is the window's size even when it is far larger than a tiny image.
+    is the window's size even when it is far larger than a tiny image. With
+    ``cache`` (one per array: ``chunk_cache.py``) the chunks come from it where
+    an earlier block decoded them.
     """
     region_t, takes = input_region(source, block)
-    missing = [] if allow_missing_chunks else missing_chunks(array, region_t)
-    if missing:
-        raise InputIncompleteError(
-            f"input incomplete: chunk(s) {', '.join(missing[:4])}"
-            f"{' ...' if len(missing) > 4 else ''} of {source.location} are missing; "
-            "wait for the copy to finish or restore them and rerun (if the store omits "
-            "chunks equal to its fill value, pass `allow_missing_chunks`)"
-        )
+    spatial_axes = source.axes.replace("c", "")[-block.dims:]
+    keep = [source.axes.index(a) for a in spatial_axes]
     try:
-        data: Any = array[region_t]
-    except OSError:
-        raise  # transient I/O: the engine retries it (faults.py); not the input's fault
+        data = read_region(array, region_t, keep, cache=cache,
+                           allow_missing_chunks=allow_missing_chunks, location=source.location)
+    except (OSError, InputIncompleteError):
+        # Transient I/O: the engine retries it (faults.py); not the input's fault. A
+        # missing chunk: already said so.
+        raise
     except Exception as exc:  # a codec error names no chunk; say which region failed
         raise InputIncompleteError(
             f"input unreadable: {source.location} region "
             f"{[(s.start, s.stop) for s in region_t]} could not be decoded ({exc}); "
             "repair the input chunk(s) and rerun"
         ) from exc
-    data = np.asarray(data)
     # Drop the iterated (t / z-for-2D) axes, each of extent 1 in a block, and
     # bring channels first.
-    spatial_axes = source.axes.replace("c", "")[-block.dims:]
-    keep = [source.axes.index(a) for a in spatial_axes]
     channel = source.axes.index("c") if "c" in source.axes else None
     order = ([channel] if channel is not None else []) + keep
     drop = [i for i in range(data.ndim) if i not in order]
@@ -151,3 +153,116 @@ def read_window(array: zarr.Array[Any], source: ImageSource, block: Block,
         # reaches the output; the same rule holds for every tile and block.
         np.nan_to_num(window, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return window
+
+
+# A box of an array: (start, stop) per axis, hashable (Python 3.11's slices are not).
+Piece = tuple[tuple[int, int], ...]
+
+
+def read_region(array: zarr.Array[Any], region: tuple[slice, ...], split_axes: list[int], *,
+                cache: ChunkCache | None = None, allow_missing_chunks: bool = False,
+                location: str = "") -> np.ndarray:
+    """``array[region]`` as numpy, its chunks checked present first (invariant 6).
+
+    With ``cache``: chunk by chunk along ``split_axes`` (a block's tiled axes; along
+    the others, the region's own extent), each taken from the cache or read and kept
+    there. Chunks missing from the cache are read at once, one request per shard
+    (per chunk where the array has no shards): their bounding box in it.
+    """
+    if cache is None:
+        _check_present(array, region, [region], allow_missing_chunks, location)
+        return np.asarray(array[region])
+    pieces = _pieces(array, region, split_axes)
+    kept: dict[Piece, np.ndarray] = {}
+    for piece in pieces:
+        value = cache.get(piece)
+        if value is not None:
+            kept[piece] = value
+    todo = [piece for piece in pieces if piece not in kept]
+    fetch = _fetch_boxes(array, todo, split_axes)
+    boxes = [_slices(box) for box in fetch]
+    _check_present(array, region, boxes, allow_missing_chunks, location)
+    for box, data in zip(fetch, _read_boxes(array, boxes), strict=True):
+        for piece in todo:
+            if piece not in kept and _inside(piece, box):
+                kept[piece] = data if piece == box else data[_slices(piece, box)].copy()
+                cache.put(piece, kept[piece])
+    dtype = next(iter(kept.values())).dtype
+    out = np.empty([s.stop - s.start for s in region], dtype=dtype)
+    origin = tuple((s.start, s.start) for s in region)
+    for piece, value in kept.items():
+        overlap = tuple((max(p0, s.start), min(p1, s.stop))
+                        for (p0, p1), s in zip(piece, region, strict=True))
+        out[_slices(overlap, origin)] = value[_slices(overlap, piece)]
+    return out
+
+
+def _pieces(array: zarr.Array[Any], region: tuple[slice, ...],
+            split_axes: list[int]) -> list[Piece]:
+    grid = array.chunks
+    per_axis: list[list[tuple[int, int]]] = []
+    for axis, s in enumerate(region):
+        if axis in split_axes:
+            g, n = grid[axis], array.shape[axis]
+            per_axis.append([(c * g, min((c + 1) * g, n))
+                             for c in range(s.start // g, -(-s.stop // g))])
+        else:
+            per_axis.append([(s.start, s.stop)])
+    return list(itertools.product(*per_axis))
+
+
+def _fetch_boxes(array: zarr.Array[Any], pieces: list[Piece],
+                 split_axes: list[int]) -> list[Piece]:
+    """The bounding box of ``pieces`` in each shard (or chunk) they fall in: one read each."""
+    unit = getattr(array, "shards", None) or array.chunks
+    groups: dict[tuple[int, ...], list[Piece]] = {}
+    for piece in pieces:
+        groups.setdefault(tuple(piece[a][0] // unit[a] for a in split_axes), []).append(piece)
+    return [tuple((min(p[a][0] for p in group), max(p[a][1] for p in group))
+                  for a in range(len(group[0])))
+            for group in groups.values()]
+
+
+def _check_present(array: zarr.Array[Any], region: tuple[slice, ...],
+                   reads: list[tuple[slice, ...]], allow_missing_chunks: bool,
+                   location: str) -> None:
+    """Raise ``InputIncompleteError`` for a chunk of ``reads`` the store lacks (in the
+    order of ``region``'s chunks)."""
+    if allow_missing_chunks or not reads:
+        return
+    needed = {key for read in reads for key in chunk_keys(array, read)}
+    missing = _absent(array, [key for key in chunk_keys(array, region) if key in needed])
+    if missing:
+        raise InputIncompleteError(
+            f"input incomplete: chunk(s) {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''} of {location} are missing; "
+            "wait for the copy to finish or restore them and rerun (if the store omits "
+            "chunks equal to its fill value, pass `allow_missing_chunks`)"
+        )
+
+
+def _read_boxes(array: zarr.Array[Any], boxes: list[tuple[slice, ...]]) -> list[np.ndarray]:
+    """``array[box]`` for every box, the requests all in flight at once."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    if not boxes:
+        return []
+    reader = array.async_array
+
+    async def read_all() -> list[Any]:
+        return list(await asyncio.gather(*(reader.getitem(box) for box in boxes)))
+
+    return [np.asarray(data) for data in sync(read_all())]
+
+
+def _inside(piece: Piece, box: Piece) -> bool:
+    return all(b0 <= p0 and p1 <= b1 for (p0, p1), (b0, b1) in zip(piece, box, strict=True))
+
+
+def _slices(box: Piece, origin: Piece | None = None) -> tuple[slice, ...]:
+    """``box`` as slices, relative to ``origin``'s start where given."""
+    if origin is None:
+        return tuple(slice(b0, b1) for b0, b1 in box)
+    return tuple(slice(b0 - o0, b1 - o0) for (b0, b1), (o0, _o1) in zip(box, origin, strict=True))
