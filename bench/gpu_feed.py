@@ -98,8 +98,11 @@ def steady_rate(stamps: list[float], pixels_per_block: int, skip: int) -> float:
 
 
 def one_run(image: str, model: str, work: Any, threads: int, gpu_mpxs: float,
-            block: int, environ: dict[str, str] | None = None) -> tuple[float, float]:
-    """(steady Mpx/s, worker CPU s per block) of one run on a fresh one-worker cluster."""
+            block: int, environ: dict[str, str] | None = None,
+            read_cache_bytes: int | None = None) -> tuple[float, float]:
+    """(steady Mpx/s, worker CPU s per block) of one run on a fresh one-worker cluster;
+    ``read_cache_bytes``: the workers' cache of decoded input chunks (None: the
+    engine's default)."""
     from distributed import Client, LocalCluster
 
     from unet_tiles.engine.blocks import run_plan, warm_workers
@@ -110,6 +113,8 @@ def one_run(image: str, model: str, work: Any, threads: int, gpu_mpxs: float,
     shutil.rmtree(output, ignore_errors=True)
     run = validate(SegmentRequest(input=image, output=str(output), model_dir=model,
                                   block_size=block, device="cpu"))
+    if read_cache_bytes is not None:
+        run.job = replace(run.job, read_cache_bytes=read_cache_bytes)
     with _local_config(environ), LocalCluster(
             n_workers=1, threads_per_worker=threads, processes=True, host="127.0.0.1",
             dashboard_address=None, resources={"GPU": threads}) as cluster, \

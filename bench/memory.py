@@ -1,13 +1,13 @@
 """Peak memory of unet-tiles against a plain ``dask.array.map_overlap`` pipeline, one run.
 
     python bench/memory.py [--size 8192] [--depth 3] [--base-channels 16]
-                            [--tile-size N [N ...]]
+                            [--tile-size N [N ...]] [--read-cache-mb MB [MB ...]]
 
 Both segment the same generated SIZE x SIZE uint8 zarr image with the same seeded
 U-Net on a 2-worker, 1-thread-per-worker local cluster, zarr in, labels zarr out:
 
 * ``unet-tiles``: ``unet_tiles.segment`` with its defaults (and once per
-  ``--tile-size`` given, in the same run);
+  ``--tile-size`` and per ``--read-cache-mb`` given, in the same run);
 * ``map_overlap``: ``da.from_zarr(...).map_overlap(model on each overlapped 1024 px
   chunk, padded to a valid size, depth=halo, boundary="reflect").to_zarr(...)``,
   the pipeline users write by hand (not seamless: dask's reflect is numpy's
@@ -77,11 +77,12 @@ def run_map_overlap(src: str, out: str, model_dir: str) -> None:
         labels.to_zarr(out, overwrite=True)
 
 
-def run_unet_tiles(src: str, out: str, model_dir: str, tile: int | None = None) -> None:
+def run_unet_tiles(src: str, out: str, model_dir: str, tile: int | None = None,
+                   read_cache_mb: int | None = None) -> None:
     from unet_tiles import segment
 
     segment(src, out, model_dir, cluster="cpu", workers=2, threads_per_worker=1,
-            progress=False, tile_size=tile)
+            progress=False, tile_size=tile, read_cache_mb=read_cache_mb)
 
 
 def main() -> None:
@@ -91,6 +92,8 @@ def main() -> None:
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--tile-size", type=int, nargs="+", default=None,
                         help="unet-tiles' tile sizes to measure as well as its default")
+    parser.add_argument("--read-cache-mb", type=int, nargs="+", default=None,
+                        help="unet-tiles' read cache budgets to measure as well (0: none)")
     parser.add_argument("--only", choices=("unet-tiles", "map_overlap"), default=None,
                         help="measure one side only")
     parser.add_argument("--mode", choices=("unet-tiles", "map_overlap"), default=None,
@@ -100,7 +103,8 @@ def main() -> None:
     if args.mode is not None:
         src, out, model = args.paths
         if args.mode == "unet-tiles":
-            run_unet_tiles(src, out, model, args.tile_size[0] if args.tile_size else None)
+            run_unet_tiles(src, out, model, args.tile_size[0] if args.tile_size else None,
+                           args.read_cache_mb[0] if args.read_cache_mb else None)
         else:
             run_map_overlap(src, out, model)
         return
@@ -119,6 +123,8 @@ def main() -> None:
         runs.append(("unet-tiles", "unet-tiles", []))
         runs += [(f"tile {tile}", "unet-tiles", ["--tile-size", str(tile)])
                  for tile in args.tile_size or ()]
+        runs += [(f"cache {mb} MiB", "unet-tiles", ["--read-cache-mb", str(mb)])
+                 for mb in args.read_cache_mb or ()]
     if args.only != "unet-tiles":
         runs.append(("map_overlap", "map_overlap", []))
     for name, mode, tile in runs:
