@@ -374,3 +374,65 @@ def test_run_plan_on_a_client_that_is_not_the_default(tmp_path: Path, make_model
             Client(cluster.scheduler_address, set_as_default=False) as client:
         summary = run.segment(client, progress=False)
     assert summary.blocks_done == 6
+
+
+@pytest.mark.cluster
+def test_workers_that_join_after_the_start_get_blocks_too(tmp_path: Path,
+                                                          make_model: Any) -> None:
+    """SLURM jobs and Kubernetes pods start their workers after the run has begun: the
+    blocks in flight follow the threads the cluster has now, not those it had at the
+    start (none here), so the late workers are kept busy."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    image = _image((256, 384), seed=5)
+    run = _prepared(tmp_path, make_model(depth=1),
+                    write_zarr(tmp_path / "in.zarr", image, (32, 32)))
+    assert len(run.plan) == 96
+    with LocalCluster(n_workers=0, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        result: dict[str, Any] = {}
+        runner = threading.Thread(target=lambda: result.update(
+            summary=run_plan(client, run.plan, run.job, progress=False)))
+        runner.start()
+        time.sleep(1.0)  # the run has started, on a cluster without workers
+        cluster.scale(2)
+        most = 0
+        while runner.is_alive():
+            most = max(most, sum(len(keys) for keys in client.processing().values()))
+            time.sleep(0.01)
+        runner.join()
+    assert result["summary"].blocks_done == 96
+    # 2 workers x 2 threads: twice as many blocks in flight as threads (4 with the
+    # cluster it started on, which had no thread: the old cap, 2, kept 2 threads idle).
+    assert most > 4
+    assert done_blocks(run.output).all()
+
+
+@pytest.mark.cluster
+def test_the_feed_tops_up_when_the_watch_reports_more_threads() -> None:
+    """Blocks that run long finish too rarely to count the threads after each: the
+    cluster's watch tells the feed, which tops up at once (tasks that wait on an event
+    stand for the blocks)."""
+    from distributed import Client, Event, LocalCluster, as_completed
+
+    from unet_tiles.engine.blocks import _BlockFeed
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        release = Event("release", client=client)
+        feed = _BlockFeed(client, list(range(20)), lambda i: client.submit(
+            release.wait, key=f"long-{i}", pure=False), None)
+        queue = as_completed(loop=client.loop)
+        feed.start(queue)
+        assert feed.target() == 2
+        assert queue.count() == 2
+        feed.workers_now({"a": {"nthreads": 1}, "b": {"nthreads": 4}})
+        assert feed.target() == 10
+        assert queue.count() == 10
+        feed.workers_now({"a": {"nthreads": 1}})  # fewer: nothing is taken back
+        assert (feed.target(), queue.count()) == (2, 10)
+        feed.stop()
+        release.set()
+        assert sum(1 for _ in queue) == 10

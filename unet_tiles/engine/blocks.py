@@ -271,7 +271,8 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
              max_in_flight: int | None = None, progress: bool | None = None,
              on_block: Callable[[int, int], None] | None = None,
              retries: int = 0, resources: dict[str, float] | None = None) -> RunSummary:
-    """Submit one task per block not yet done, at most ``max_in_flight`` at a time.
+    """Submit one task per block not yet done, at most ``max_in_flight`` at a time
+    (default: two per worker thread the cluster has, as it grows or shrinks).
 
     Failures do not stop the run: every other block finishes, then
     ``BlockFailedError`` names the failed blocks with their pixel ranges.
@@ -289,43 +290,27 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             summary.blocks_skipped += 1
         else:
             todo.append(block)
-    if max_in_flight is None:
-        threads = sum(client.nthreads().values()) or 1
-        max_in_flight = 2 * threads
     # Blocks, Mpx/s and ETA on a terminal; nothing elsewhere unless progress=True.
     bar = BlockProgress(len(plan), summary.blocks_skipped, enabled=progress)
-    # Each submitted block and its future, by key; the watch's thread reads it too.
-    in_flight: dict[str, tuple[Block, Any]] = {}
-    in_flight_lock = threading.Lock()
     token = uuid.uuid4().hex[:12]
-    pending = iter(todo)
 
     def submit(block: Block) -> Any:
-        future = client.submit(
-            process_block, job, block, key=f"block-{block.id}-{token}",
-            pure=False, retries=retries, resources=resources,
-        )
-        with in_flight_lock:
-            in_flight[str(future.key)] = (block, future)
-        return future
+        return client.submit(process_block, job, block, key=f"block-{block.id}-{token}",
+                             pure=False, retries=retries, resources=resources)
 
-    def cancel_in_flight() -> None:
-        with in_flight_lock:
-            futures = [future for _block, future in in_flight.values()]
-        client.cancel(futures)
-
+    feed = _BlockFeed(client, todo, submit, max_in_flight)
     fatal: str | None = None
-    # Workers all paused by dask's memory monitor would never start the blocks.
-    watch = PausedWorkersWatch(client, cancel_in_flight)
+    # Workers all paused by dask's memory monitor would never start the blocks; the
+    # watch also tells the feed how many threads the cluster has now.
+    watch = PausedWorkersWatch(client, feed.cancel_in_flight, on_workers=feed.workers_now)
     with watch:
         # as_completed binds to the *default* client's event loop unless told; an
         # archive runs each image on its own, non-default client, and the futures'
         # events must be awaited on that client's loop (dask/distributed#4317).
-        queue = as_completed([submit(b) for b in _take(pending, max_in_flight)],
-                             loop=client.loop)
+        queue = as_completed(loop=client.loop)
+        feed.start(queue)
         for future in queue:
-            with in_flight_lock:
-                block, _future = in_flight.pop(str(future.key))
+            block = feed.done(future)
             pixels = 0
             try:
                 info = future.result()
@@ -342,8 +327,9 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             bar.update(pixels)
             if on_block is not None:
                 on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
-            for nxt in _take(pending, 0 if fatal else 1):
-                queue.add(submit(nxt))
+            if fatal:
+                feed.stop()
+            feed.top_up()
     bar.close()
     summary.seconds = time.perf_counter() - started
     if fatal:
@@ -357,6 +343,79 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             summary.failures,
         )
     return summary
+
+
+class _BlockFeed:
+    """The blocks ``run_plan`` has yet to submit, and those in flight.
+
+    Without a fixed ``max_in_flight``, two blocks per worker thread are kept in flight
+    (one running, one ready to start when it ends), counted anew as workers come and
+    go: the jobs of a SLURM or Kubernetes cluster start their workers after the run
+    has begun, often one by one, and a count taken at the start (none, or the first
+    job's) would leave the rest idle. Topped up after every block (the threads counted
+    again at most every ``RECOUNT_S``) and whenever the cluster's watch reports more
+    threads, for blocks that run longer than that (both threads call ``top_up``).
+    """
+
+    RECOUNT_S = 1.0
+
+    def __init__(self, client: Client, todo: list[Block], submit: Callable[[Block], Any],
+                 max_in_flight: int | None) -> None:
+        self._client = client
+        self._pending = iter(todo)
+        self._submit = submit
+        self._fixed = max_in_flight
+        self._threads = sum(client.nthreads().values())
+        self._counted = time.monotonic()
+        self._stopped = False
+        self._queue: Any = None
+        # Each submitted block and its future, by key; the watch's thread reads it too.
+        self._in_flight: dict[str, tuple[Block, Any]] = {}
+        self._lock = threading.Lock()
+
+    def target(self) -> int:
+        return self._fixed if self._fixed is not None else 2 * max(1, self._threads)
+
+    def start(self, queue: Any) -> None:
+        self._queue = queue
+        self.top_up()
+
+    def top_up(self) -> None:
+        """Submit blocks until ``target`` are in flight (at least one while any is left)."""
+        with self._lock:
+            if self._stopped or self._queue is None:
+                return
+            wanted = max(self.target() - len(self._in_flight), 0 if self._in_flight else 1)
+            for block in _take(self._pending, wanted):
+                future = self._submit(block)
+                self._in_flight[str(future.key)] = (block, future)
+                self._queue.add(future)
+
+    def done(self, future: Any) -> Block:
+        """The block of a finished ``future``, no longer in flight."""
+        with self._lock:
+            block, _future = self._in_flight.pop(str(future.key))
+        if self._fixed is None and time.monotonic() - self._counted >= self.RECOUNT_S:
+            self._counted = time.monotonic()
+            self._threads = sum(self._client.nthreads().values())
+        return block
+
+    def stop(self) -> None:
+        """Submit no more blocks."""
+        with self._lock:
+            self._stopped = True
+
+    def workers_now(self, workers: dict[str, dict[str, Any]]) -> None:
+        threads = sum(int(w.get("nthreads") or 0) for w in workers.values())
+        grew = threads > self._threads
+        self._threads = threads
+        if grew:
+            self.top_up()
+
+    def cancel_in_flight(self) -> None:
+        with self._lock:
+            futures = [future for _block, future in self._in_flight.values()]
+        self._client.cancel(futures)
 
 
 def run_serial(plan: BlockPlan, job: BlockJob, *, skip: Any = None) -> RunSummary:

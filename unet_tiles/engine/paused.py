@@ -56,13 +56,19 @@ def all_paused_and_idle(workers: dict[str, dict[str, Any]]) -> bool:
 
 class PausedWorkersWatch:
     """A thread that calls ``on_stall`` once the cluster has been all paused and idle
-    for ``paused_for_s``; ``reason`` then says why (``stalled_message``)."""
+    for ``paused_for_s``; ``reason`` then says why (``stalled_message``).
+
+    ``on_workers`` is told every check's workers (their ``scheduler_info``): the
+    run sizes its blocks in flight by the threads the cluster has now.
+    """
 
     def __init__(self, client: Client, on_stall: Callable[[], None], *,
                  paused_for_s: float = PAUSED_FOR_S,
-                 check_every_s: float = CHECK_EVERY_S) -> None:
+                 check_every_s: float = CHECK_EVERY_S,
+                 on_workers: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> None:
         self._client = client
         self._on_stall = on_stall
+        self._on_workers = on_workers
         self._paused_for_s = paused_for_s
         self._check_every_s = check_every_s
         self._stop = threading.Event()
@@ -86,6 +92,8 @@ class PausedWorkersWatch:
                 workers = self._client.scheduler_info()["workers"]
             except Exception:  # the scheduler is going away: the run sees that itself
                 continue
+            if self._on_workers is not None:
+                self._on_workers(workers)
             if not all_paused_and_idle(workers):
                 since = None
                 continue
