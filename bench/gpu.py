@@ -12,7 +12,7 @@ base channels), in one run on one device:
   layout's rate against it (channels-last or contiguous: ``predict.channels_last_on``),
   and with ``--compile`` the model through ``torch.compile`` against eager;
 * fixed start-up: cluster start, then every worker warmed (CUDA context, model
-  load, cuDNN's kernel choice for the plan's tile shape: ``blocks.warm_worker``);
+  load, cuDNN's kernel choice for the plan's tile shape: ``warm.warm_worker``);
 * steady state: the generated SIZE x SIZE image segmented again and again on the
   warm cluster (each time to a fresh output) until the model alone would have
   needed ``--model-seconds``; end-to-end Mpx/s over those runs, and its ratio to
@@ -94,9 +94,9 @@ def compiled_rate(name: str, model: Any, size_in: int, batch: int, device: str,
 def measure(name: str, model_dir: str, src: str, work: Any, args: argparse.Namespace) -> None:
     import torch
 
-    from unet_tiles.engine.blocks import warm_workers
     from unet_tiles.engine.cluster import connect
     from unet_tiles.engine.run import SegmentRequest, default_tile, validate
+    from unet_tiles.engine.warm import warm_workers
     from unet_tiles.model.files import load_model
     from unet_tiles.pipeline.predict import auto_batch, channels_last_on
 

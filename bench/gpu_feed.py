@@ -105,9 +105,10 @@ def one_run(image: str, model: str, work: Any, threads: int, gpu_mpxs: float,
     engine's default)."""
     from distributed import Client, LocalCluster
 
-    from unet_tiles.engine.blocks import run_plan, warm_workers
+    from unet_tiles.engine.blocks import run_plan
     from unet_tiles.engine.cluster import _local_config
     from unet_tiles.engine.run import SegmentRequest, validate
+    from unet_tiles.engine.warm import warm_workers
 
     output = work / "out.zarr"
     shutil.rmtree(output, ignore_errors=True)

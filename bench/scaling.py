@@ -289,8 +289,9 @@ def _snapshot(scheduler: Any, hosts: list[Any]) -> dict[str, Any]:
 def measure(client: Client, scheduler: Any, hosts: list[Any], n: int, block: int,
             sleep_s: float, gpu_mpxs: float | None, image: str, model: str, work: Path,
             warm: float, duration: float) -> Point:
-    from unet_tiles.engine.blocks import run_plan, warm_workers
+    from unet_tiles.engine.blocks import run_plan
     from unet_tiles.engine.run import SegmentRequest, validate
+    from unet_tiles.engine.warm import warm_workers
 
     output = work / f"out-{n}-{block}.zarr"
     shutil.rmtree(output, ignore_errors=True)

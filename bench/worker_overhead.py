@@ -93,7 +93,7 @@ Measured = tuple[float, int, float | None]
 def pool_mode(target: Callable[[BlockJob, list[Block]], int], environ: dict[str, str],
               run: Run, cores: int) -> Measured:
     """``cores`` spawned processes doing every block, models loaded beforehand."""
-    from unet_tiles.engine.blocks import warm_worker
+    from unet_tiles.engine.warm import warm_worker
 
     job = replace(run.job, torch_threads=1)
     blocks = list(run.plan)
@@ -108,8 +108,8 @@ def pool_mode(target: Callable[[BlockJob, list[Block]], int], environ: dict[str,
 
 def dask_mode(product_cluster: bool, run: Run, cores: int) -> Measured:
     """The engine's blocks phase on a LocalCluster, models loaded beforehand."""
-    from unet_tiles.engine.blocks import warm_workers
     from unet_tiles.engine.cluster import CPU_WORKER_MALLOC, ClusterInfo, connect
+    from unet_tiles.engine.warm import warm_workers
 
     def measure(client: Client, info: ClusterInfo) -> Measured:
         warm_workers(client, replace(run.job, torch_threads=info.torch_threads))

@@ -25,10 +25,9 @@ from unet_tiles.engine.blocks import (
     process_block,
     run_plan,
     run_serial,
-    warm_worker,
-    warm_workers,
 )
 from unet_tiles.engine.run import SegmentRequest, validate
+from unet_tiles.engine.warm import warm_worker, warm_workers
 from unet_tiles.errors import BlockFailedError, InputIncompleteError
 from unet_tiles.model.geometry import UNetGeometry
 from unet_tiles.model.unet import UNetConfig
@@ -436,3 +435,41 @@ def test_the_feed_tops_up_when_the_watch_reports_more_threads() -> None:
         feed.stop()
         release.set()
         assert sum(1 for _ in queue) == 10
+
+
+@pytest.mark.cluster
+def test_a_worker_that_joins_during_the_run_is_warmed_before_its_first_block(
+        tmp_path: Path, make_model: Callable[..., Path]) -> None:
+    """The warm-up is a worker plugin: a worker that starts after the run began (a
+    SLURM job, a Kubernetes pod) loads the model and runs the warm tile as it
+    registers, before it takes a block; after the run, a new worker is left cold."""
+    from distributed import Client, LocalCluster
+
+    from unet_tiles.engine.warm import stop_warming, warm_up_name
+
+    run = _prepared(tmp_path, make_model(depth=1, seed=13),
+                    write_zarr(tmp_path / "in.zarr", _image(), (32, 32)))
+    job = replace(run.job, torch_threads=1)
+
+    def models_loaded() -> int:
+        from unet_tiles.pipeline.predict import cached_model
+
+        return int(cached_model.cache_info().currsize)
+
+    with LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        warm_workers(client, job)  # no worker yet: nothing to wait for
+        cluster.scale(1)
+        client.wait_for_workers(1)
+        deadline = time.monotonic() + 60
+        while set(client.run(models_loaded).values()) != {1}:
+            assert time.monotonic() < deadline, "the joining worker was not warmed"
+            time.sleep(0.1)
+        stop_warming(client, job)
+        assert warm_up_name(job) not in client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+        cluster.scale(2)
+        client.wait_for_workers(2)
+        plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+        assert len(plugins) == 2
+        assert not any(warm_up_name(job) in names for names in plugins.values())

@@ -81,9 +81,9 @@ def test_workers_sharing_a_gpu_are_warmed_on_their_gpu(tmp_path: Path, make_mode
     before its first block."""
     from dataclasses import replace
 
-    from unet_tiles.engine.blocks import warm_workers
     from unet_tiles.engine.cluster import connect
     from unet_tiles.engine.run import SegmentRequest, validate
+    from unet_tiles.engine.warm import warm_workers
 
     image = (np.random.default_rng(3).random((300, 300)) * 255).astype("uint8")
     src = write_zarr(tmp_path / "in.zarr", image, (128, 128))

@@ -6,7 +6,6 @@ returns a few numbers; no pixels pass through the client or the scheduler.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import threading
@@ -108,10 +107,10 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     from unet_tiles.pipeline.window import read_window
     from unet_tiles.pipeline.writer import write_block
 
-    _set_torch_threads(job)
+    set_torch_threads(job)
     device = pick_device(job.device)
     started = time.perf_counter()
-    model, channels_last = _job_model(job, device)
+    model, channels_last = job_model(job, device)
     name = block.describe(job.output.axes)
     # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
     chunks = _input_chunks(_read_cache_budget(job.read_cache_bytes))
@@ -144,77 +143,7 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
             "seconds": time.perf_counter() - started}
 
 
-def warm_worker(job: BlockJob, worker_name: object = None) -> None:
-    """Import torch, load the model and run one batch of the plan's tile on a worker
-    before its first block.
-
-    Run on every worker at the start (``warm_workers``), so that the blocks' time is
-    the blocks' work and no block waits on a cold worker: on a GPU the CUDA context
-    and cuDNN's kernel choice, on CPU oneDNN's kernels for the tile's shape and
-    layout and the heap the activations need (a CPU worker's first block took
-    0.15-0.45 s longer than the next ones on the demo model without it).
-    """
-    import torch
-
-    from unet_tiles.pipeline.predict import (
-        auto_batch,
-        autocast,
-        device_lock,
-        in_layout,
-        pick_device,
-    )
-
-    _set_torch_threads(job)
-    # "cuda:worker" picks the GPU by the worker's name, which tasks find themselves.
-    device = pick_device(job.device, worker_name)
-    model, channels_last = _job_model(job, device)
-    if job.warm_tile is None:
-        return
-    on_gpu = device.startswith("cuda")
-    if on_gpu:
-        # Every tile of a block has one shape, and most blocks share it: autotuning pays.
-        torch.backends.cudnn.benchmark = True
-    batch = job.batch_size or auto_batch(model, job.warm_tile, device)
-    # In the blocks' layout: the kernels chosen are per layout.
-    x = in_layout(torch.zeros((batch, model.config.in_channels, *job.warm_tile),
-                              device=device), channels_last)
-    with device_lock(device), torch.inference_mode(), autocast(job.precision, device):
-        model(x)
-    if on_gpu:
-        torch.cuda.synchronize(device)
-
-
-def warm_workers(client: Client, job: BlockJob) -> None:
-    """Run ``warm_worker`` on every worker of ``client``'s cluster.
-
-    A worker that fails or dies here (a tile too large for its memory limit kills it
-    in this pass) is only logged: its first block meets the same error as a task, where
-    the retry rules and the out-of-memory advice of ``run_plan`` apply, instead of a
-    broadcast's traceback ending the run before any block.
-    """
-    results = client.run(_warm_worker_off_the_loop, job, on_error="return")
-    for address, result in results.items():
-        if isinstance(result, BaseException):
-            logger.warning("warming worker %s failed (%s: %s); its first block runs cold",
-                           address, type(result).__name__, result)
-
-
-async def _warm_worker_off_the_loop(job: BlockJob, dask_worker: Any) -> None:
-    """``warm_worker`` in the worker's own task threads, awaited on its event loop.
-
-    ``Client.run`` calls a plain function on the event loop itself: a long warm-up
-    (a large tile, a slow CPU, a first CUDA context) would stop the worker's
-    heartbeats and its answers to the scheduler while it runs. The task threads'
-    pool warms the thread that runs the blocks (a one-thread CPU worker's only one):
-    torch's per-thread settings and oneDNN's per-thread scratch memory are that
-    thread's. The worker's name picks the GPU of workers sharing GPUs.
-    """
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(dask_worker.executors["default"], warm_worker, job,
-                               dask_worker.name)
-
-
-def _job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
+def job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
     """This worker's model for ``job`` on ``device``, and whether it runs channels-last."""
     from unet_tiles.pipeline.predict import cached_model, channels_last_on
 
@@ -222,7 +151,7 @@ def _job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
     return cached_model(job.model_dir, job.model_hash, device, channels_last), channels_last
 
 
-def _set_torch_threads(job: BlockJob) -> None:
+def set_torch_threads(job: BlockJob) -> None:
     import torch
 
     if job.torch_threads and torch.get_num_threads() != job.torch_threads:
@@ -466,4 +395,4 @@ def _take(iterator: Any, n: int) -> list[Any]:
     return out
 
 
-__all__ = ["BlockJob", "RunSummary", "process_block", "run_plan", "run_serial", "warm_worker"]
+__all__ = ["BlockJob", "RunSummary", "process_block", "run_plan", "run_serial"]

@@ -34,7 +34,6 @@ from unet_tiles.engine.blocks import (
     RunSummary,
     run_plan,
     run_serial,
-    warm_workers,
 )
 from unet_tiles.engine.lock import RunLock
 from unet_tiles.engine.pyramid import build_pyramid
@@ -313,10 +312,15 @@ class Run:
         if client is None:
             summary = run_serial(self.plan, job, skip=skip)
         else:
+            from unet_tiles.engine.warm import stop_warming, warm_workers
+
             if not skip.all():
                 warm_workers(client, job)
-            summary = run_plan(client, self.plan, job, skip=skip, progress=progress,
-                               resources=resources, on_block=on_block, **kwargs)
+            try:
+                summary = run_plan(client, self.plan, job, skip=skip, progress=progress,
+                                   resources=resources, on_block=on_block, **kwargs)
+            finally:
+                stop_warming(client, job)
         if job.output.want_instances:
             from unet_tiles.engine.instances import make_instances
 
