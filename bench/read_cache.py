@@ -1,6 +1,7 @@
 """The workers' cache of decoded input chunks against reading every window's chunks.
 
-    python bench/read_cache.py [--parts gpu-host cpu s3] [--size 16384] [--rounds 3]
+    python bench/read_cache.py [--parts gpu-host workers cpu s3] [--size 16384]
+                               [--workers 2 4] [--rounds 3]
 
 A block's read window reaches its neighbours' chunks by the model's halo, so without
 the cache a 1024 px-chunked image's chunks are each read and decoded by up to four
@@ -12,6 +13,13 @@ alternating, and prints the ratio of the two:
   (``bench/gpu_feed.py``: one worker process, 2 threads, a block holds the device for
   its pixels at 593 Mpx/s, the demo model on an H100): steady Mpx/s and the worker's
   CPU per block, on a ``--size`` image (default 16384 x 16384);
+* ``workers``: ``--workers`` worker processes of one thread, each with its own device
+  simulated as above (several processes per GPU, or a CPU cluster), with the cache
+  on, the blocks handed out in plan order to whichever worker dask picks (the
+  baseline: neighbouring blocks land on different workers, which each decode the
+  chunks they share) and in stripes that follow each worker (``engine/feed.py``, the
+  default): Mpx/s over the run and the chunks decoded per block, summed over the
+  workers;
 * ``cpu``: the default local CPU cluster with the shipped demo model's real forward
   passes, Mpx/s over the blocks, on an 8192 x 8192 image (``--cpu-size``);
 * ``s3``: the read windows of every block of the plan in order, in one process, from
@@ -64,6 +72,61 @@ def gpu_host(image: str, model: str, work: Path, rounds: int, gpu_mpxs: float) -
               f"{cpu * 1e3:18.1f} {base_cpu / cpu:10.2f}")
     print("  per-round rates off / on: " + ", ".join(
         f"{a:.1f} / {b:.1f}" for (a, _), (b, _) in zip(runs[OFF], runs[ON], strict=True)))
+
+
+def workers(image: str, model: str, work: Path, rounds: int, gpu_mpxs: float,
+            counts: list[int]) -> None:
+    from distributed import Client, LocalCluster
+    from gpu_feed import install_simulated_device
+
+    from unet_tiles.engine.blocks import READ_CACHE_BYTES, run_plan
+    from unet_tiles.engine.cluster import GPU_WORKER_MALLOC, _local_config
+    from unet_tiles.engine.run import SegmentRequest, validate
+    from unet_tiles.engine.warm import warm_workers
+
+    def decoded() -> int:
+        from unet_tiles.engine.blocks import _input_chunks
+
+        cache = _input_chunks(READ_CACHE_BYTES)
+        return cache.misses if cache is not None else 0
+
+    ways = {"plan order": False, "stripes": True}
+    results: dict[tuple[int, str], list[tuple[float, float]]] = {
+        (n, way): [] for n in counts for way in ways}
+    output = work / "workers-out.zarr"
+    for _ in range(rounds):
+        for n in counts:
+            for way, follow in ways.items():
+                shutil.rmtree(output, ignore_errors=True)
+                run = validate(SegmentRequest(input=image, output=str(output),
+                                              model_dir=model, device="cpu"))
+                # 8 GiB each: the cache's budget is not cut to a sixteenth of the limit.
+                with _local_config(GPU_WORKER_MALLOC), LocalCluster(
+                        n_workers=n, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address=None,
+                        memory_limit="8GiB") as cluster, Client(cluster) as client:
+                    client.run(install_simulated_device, gpu_mpxs)
+                    warm_workers(client, replace(run.job, warm_tile=None))
+                    with run.locked():
+                        run.prepare()
+                        summary = run_plan(client, run.plan, run.job, progress=False,
+                                           follow_workers=follow)
+                    chunks = sum(client.run(decoded).values())
+                results[(n, way)].append((summary.megapixels_per_s,
+                                          chunks / summary.blocks_done))
+    shutil.rmtree(output, ignore_errors=True)
+    print(f"workers: 1-thread workers, each device simulated at {gpu_mpxs:g} Mpx/s, cache "
+          f"on, best of {rounds}")
+    print(f"  {'workers':>7s} {'blocks to':>12s} {'Mpx/s':>7s} {'ratio':>6s} "
+          f"{'chunks decoded/block':>21s} {'ratio':>6s}")
+    for n in counts:
+        base_rate = max(r for r, _ in results[(n, "plan order")])
+        base_chunks = min(c for _, c in results[(n, "plan order")])
+        for way in ways:
+            rate = max(r for r, _ in results[(n, way)])
+            chunks = min(c for _, c in results[(n, way)])
+            print(f"  {n:7d} {way:>12s} {rate:7.1f} {rate / base_rate:6.2f} {chunks:21.2f} "
+                  f"{chunks / base_chunks:6.2f}")
 
 
 def cpu(image: str, model: str, work: Path, rounds: int) -> None:
@@ -143,8 +206,9 @@ def _chunks_touched(run: Any) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", default=["gpu-host", "cpu", "s3"],
-                        choices=["gpu-host", "cpu", "s3"])
+    parser.add_argument("--parts", nargs="+", default=["gpu-host", "workers", "cpu", "s3"],
+                        choices=["gpu-host", "workers", "cpu", "s3"])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--size", type=int, default=16384, help="the gpu-host image")
     parser.add_argument("--cpu-size", type=int, default=8192)
     parser.add_argument("--s3-size", type=int, default=8192)
@@ -157,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
         model = bench_model(args.model, work)
         if "gpu-host" in args.parts:
             gpu_host(synthetic_input(work, args.size), model, work, args.rounds, args.gpu_mpxs)
+        if "workers" in args.parts:
+            workers(synthetic_input(work, args.size), model, work, args.rounds, args.gpu_mpxs,
+                    args.workers)
         if "cpu" in args.parts:
             cpu(synthetic_input(work, args.cpu_size), model, work, args.rounds)
         if "s3" in args.parts:

@@ -147,7 +147,8 @@ def test_process_block_returns_numbers_only(tmp_path: Path,
                     write_zarr(tmp_path / "in.zarr", _image(), (32, 32)))
     block = run.plan.block((2, 1))
     info = process_block(run.job, block)
-    assert set(info) == {"block", "pixels", "seconds"}
+    assert set(info) == {"block", "pixels", "seconds", "worker"}
+    assert info["worker"] is None  # in no dask worker
     assert info["block"] == (2, 1)
     assert info["pixels"] == 32 * 32
     assert info["seconds"] > 0
@@ -410,19 +411,24 @@ def test_workers_that_join_after_the_start_get_blocks_too(tmp_path: Path,
 
 
 @pytest.mark.cluster
-def test_the_feed_tops_up_when_the_watch_reports_more_threads() -> None:
+def test_the_feed_tops_up_when_the_watch_reports_more_threads(
+        tmp_path: Path, make_model: Callable[..., Path]) -> None:
     """Blocks that run long finish too rarely to count the threads after each: the
     cluster's watch tells the feed, which tops up at once (tasks that wait on an event
     stand for the blocks)."""
     from distributed import Client, Event, LocalCluster, as_completed
 
-    from unet_tiles.engine.blocks import _BlockFeed
+    from unet_tiles.engine.feed import BlockFeed
 
+    run = _prepared(tmp_path, make_model(depth=1),
+                    write_zarr(tmp_path / "in.zarr", _image((160, 128)), (32, 32)))
+    blocks = list(run.plan)
+    assert len(blocks) == 20
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         release = Event("release", client=client)
-        feed = _BlockFeed(client, list(range(20)), lambda i: client.submit(
-            release.wait, key=f"long-{i}", pure=False), None)
+        feed = BlockFeed(client, blocks, lambda block, _worker: client.submit(
+            release.wait, key=f"long-{block.id}", pure=False), None)
         queue = as_completed(loop=client.loop)
         feed.start(queue)
         assert feed.target() == 2

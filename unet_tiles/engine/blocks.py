@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles.engine.faults import with_retries
+from unet_tiles.engine.feed import BlockFeed
 from unet_tiles.engine.paused import PausedWorkersWatch
 from unet_tiles.engine.progress import BlockProgress
 from unet_tiles.errors import BlockFailedError, DiskFullError
@@ -140,7 +140,7 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
         lambda: write_block(_open_output(spec, job.run_id), block, result, instances),
         f"writing {name}", spec.url)
     return {"block": block.index, "pixels": block.write.size,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "worker": _worker_address()}
 
 
 def job_model(job: BlockJob, device: str) -> tuple[UNet, bool]:
@@ -185,6 +185,16 @@ def _input_chunks(max_bytes: int) -> ChunkCache | None:
     return ChunkCache(max_bytes) if max_bytes > 0 else None
 
 
+def _worker_address() -> str | None:
+    """The address of the dask worker running this task; None outside one."""
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().address)
+    except ValueError:  # run_serial
+        return None
+
+
 def _read_cache_budget(asked_bytes: int) -> int:
     """``asked_bytes``, at most a sixteenth of this worker's memory limit, if it has one."""
     from distributed import get_worker
@@ -199,9 +209,12 @@ def _read_cache_budget(asked_bytes: int) -> int:
 def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None,
              max_in_flight: int | None = None, progress: bool | None = None,
              on_block: Callable[[int, int], None] | None = None,
-             retries: int = 0, resources: dict[str, float] | None = None) -> RunSummary:
+             retries: int = 0, resources: dict[str, float] | None = None,
+             follow_workers: bool = True) -> RunSummary:
     """Submit one task per block not yet done, at most ``max_in_flight`` at a time
-    (default: two per worker thread the cluster has, as it grows or shrinks).
+    (default: two per worker thread the cluster has, as it grows or shrinks), the
+    block after a finished one to the worker that has its neighbour's chunks
+    (``feed.py``; ``follow_workers`` False: in plan order, to whichever worker).
 
     Failures do not stop the run: every other block finishes, then
     ``BlockFailedError`` names the failed blocks with their pixel ranges.
@@ -223,11 +236,13 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
     bar = BlockProgress(len(plan), summary.blocks_skipped, enabled=progress)
     token = uuid.uuid4().hex[:12]
 
-    def submit(block: Block) -> Any:
+    def submit(block: Block, worker: str | None) -> Any:
+        # The worker that did the block before: a preference, never a requirement.
+        where = {} if worker is None else {"workers": [worker], "allow_other_workers": True}
         return client.submit(process_block, job, block, key=f"block-{block.id}-{token}",
-                             pure=False, retries=retries, resources=resources)
+                             pure=False, retries=retries, resources=resources, **where)
 
-    feed = _BlockFeed(client, todo, submit, max_in_flight)
+    feed = BlockFeed(client, todo, submit, max_in_flight, follow_workers)
     fatal: str | None = None
     # Workers all paused by dask's memory monitor would never start the blocks; the
     # watch also tells the feed how many threads the cluster has now.
@@ -241,9 +256,11 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
         for future in queue:
             block = feed.done(future)
             pixels = 0
+            worker = None
             try:
                 info = future.result()
                 pixels = int(info["pixels"])
+                worker = info.get("worker")
                 summary.blocks_done += 1
                 summary.pixels += pixels
             except Exception as exc:
@@ -258,7 +275,8 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
                 on_block(summary.blocks_done + summary.blocks_skipped, summary.blocks_total)
             if fatal:
                 feed.stop()
-            feed.top_up()
+            # The block after this one shares chunks with it: to the worker that has them.
+            feed.top_up(block, worker)
     bar.close()
     summary.seconds = time.perf_counter() - started
     if fatal:
@@ -272,79 +290,6 @@ def run_plan(client: Client, plan: BlockPlan, job: BlockJob, *, skip: Any = None
             summary.failures,
         )
     return summary
-
-
-class _BlockFeed:
-    """The blocks ``run_plan`` has yet to submit, and those in flight.
-
-    Without a fixed ``max_in_flight``, two blocks per worker thread are kept in flight
-    (one running, one ready to start when it ends), counted anew as workers come and
-    go: the jobs of a SLURM or Kubernetes cluster start their workers after the run
-    has begun, often one by one, and a count taken at the start (none, or the first
-    job's) would leave the rest idle. Topped up after every block (the threads counted
-    again at most every ``RECOUNT_S``) and whenever the cluster's watch reports more
-    threads, for blocks that run longer than that (both threads call ``top_up``).
-    """
-
-    RECOUNT_S = 1.0
-
-    def __init__(self, client: Client, todo: list[Block], submit: Callable[[Block], Any],
-                 max_in_flight: int | None) -> None:
-        self._client = client
-        self._pending = iter(todo)
-        self._submit = submit
-        self._fixed = max_in_flight
-        self._threads = sum(client.nthreads().values())
-        self._counted = time.monotonic()
-        self._stopped = False
-        self._queue: Any = None
-        # Each submitted block and its future, by key; the watch's thread reads it too.
-        self._in_flight: dict[str, tuple[Block, Any]] = {}
-        self._lock = threading.Lock()
-
-    def target(self) -> int:
-        return self._fixed if self._fixed is not None else 2 * max(1, self._threads)
-
-    def start(self, queue: Any) -> None:
-        self._queue = queue
-        self.top_up()
-
-    def top_up(self) -> None:
-        """Submit blocks until ``target`` are in flight (at least one while any is left)."""
-        with self._lock:
-            if self._stopped or self._queue is None:
-                return
-            wanted = max(self.target() - len(self._in_flight), 0 if self._in_flight else 1)
-            for block in _take(self._pending, wanted):
-                future = self._submit(block)
-                self._in_flight[str(future.key)] = (block, future)
-                self._queue.add(future)
-
-    def done(self, future: Any) -> Block:
-        """The block of a finished ``future``, no longer in flight."""
-        with self._lock:
-            block, _future = self._in_flight.pop(str(future.key))
-        if self._fixed is None and time.monotonic() - self._counted >= self.RECOUNT_S:
-            self._counted = time.monotonic()
-            self._threads = sum(self._client.nthreads().values())
-        return block
-
-    def stop(self) -> None:
-        """Submit no more blocks."""
-        with self._lock:
-            self._stopped = True
-
-    def workers_now(self, workers: dict[str, dict[str, Any]]) -> None:
-        threads = sum(int(w.get("nthreads") or 0) for w in workers.values())
-        grew = threads > self._threads
-        self._threads = threads
-        if grew:
-            self.top_up()
-
-    def cancel_in_flight(self) -> None:
-        with self._lock:
-            futures = [future for _block, future in self._in_flight.values()]
-        self._client.cancel(futures)
 
 
 def run_serial(plan: BlockPlan, job: BlockJob, *, skip: Any = None) -> RunSummary:
@@ -383,16 +328,6 @@ def _fatal(exc: BaseException, block: Block, plan: BlockPlan, job: BlockJob,
     if is_killed_worker(exc):
         return memory_hint(exc, block.describe(job.output.axes), plan, job, client)
     return None
-
-
-def _take(iterator: Any, n: int) -> list[Any]:
-    out = []
-    for _ in range(n):
-        try:
-            out.append(next(iterator))
-        except StopIteration:
-            break
-    return out
 
 
 __all__ = ["BlockJob", "RunSummary", "process_block", "run_plan", "run_serial"]
