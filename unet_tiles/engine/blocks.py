@@ -1,7 +1,8 @@
 """Run a block plan on a dask cluster: one task per block, bounded in flight.
 
 Each task reads its window, predicts, writes its chunks and done-marker, and
-returns a few numbers; no pixels pass through the client or the scheduler.
+returns a few numbers and its worker's address (the next block goes there:
+feed.py); no pixels pass through the client or the scheduler.
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ def process_block(job: BlockJob, block: Block) -> dict[str, Any]:
     started = time.perf_counter()
     model, channels_last = job_model(job, device)
     name = block.describe(job.output.axes)
-    # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
     chunks = _input_chunks(_read_cache_budget(job.read_cache_bytes))
     cache = chunks.scoped(job.run_id) if chunks is not None else None
+    # Transient I/O errors are retried with backoff; a full disk says so (faults.py).
     window = with_retries(
         lambda: read_window(_open_input(job.source, job.run_id), job.source, block,
                             job.allow_missing_chunks, cache),

@@ -178,15 +178,13 @@ def read_region(array: zarr.Array[Any], region: tuple[slice, ...], split_axes: l
         value = cache.get(piece)
         if value is not None:
             kept[piece] = value
-    todo = [piece for piece in pieces if piece not in kept]
-    fetch = _fetch_boxes(array, todo, split_axes)
-    boxes = [_slices(box) for box in fetch]
+    fetch = _fetch_boxes(array, [piece for piece in pieces if piece not in kept], split_axes)
+    boxes = [_slices(box) for box, _members in fetch]
     _check_present(array, region, boxes, allow_missing_chunks, location)
-    for box, data in zip(fetch, _read_boxes(array, boxes), strict=True):
-        for piece in todo:
-            if piece not in kept and _inside(piece, box):
-                kept[piece] = data if piece == box else data[_slices(piece, box)].copy()
-                cache.put(piece, kept[piece])
+    for (box, members), data in zip(fetch, _read_boxes(array, boxes), strict=True):
+        for piece in members:
+            kept[piece] = data if piece == box else data[_slices(piece, box)].copy()
+            cache.put(piece, kept[piece])
     dtype = next(iter(kept.values())).dtype
     out = np.empty([s.stop - s.start for s in region], dtype=dtype)
     origin = tuple((s.start, s.start) for s in region)
@@ -212,14 +210,15 @@ def _pieces(array: zarr.Array[Any], region: tuple[slice, ...],
 
 
 def _fetch_boxes(array: zarr.Array[Any], pieces: list[Piece],
-                 split_axes: list[int]) -> list[Piece]:
-    """The bounding box of ``pieces`` in each shard (or chunk) they fall in: one read each."""
+                 split_axes: list[int]) -> list[tuple[Piece, list[Piece]]]:
+    """``pieces`` grouped by the shard (or chunk) they fall in, with each group's
+    bounding box: one read each."""
     unit = getattr(array, "shards", None) or array.chunks
     groups: dict[tuple[int, ...], list[Piece]] = {}
     for piece in pieces:
         groups.setdefault(tuple(piece[a][0] // unit[a] for a in split_axes), []).append(piece)
-    return [tuple((min(p[a][0] for p in group), max(p[a][1] for p in group))
-                  for a in range(len(group[0])))
+    return [(tuple((min(p[a][0] for p in group), max(p[a][1] for p in group))
+                   for a in range(len(group[0]))), group)
             for group in groups.values()]
 
 
@@ -255,10 +254,6 @@ def _read_boxes(array: zarr.Array[Any], boxes: list[tuple[slice, ...]]) -> list[
         return list(await asyncio.gather(*(reader.getitem(box) for box in boxes)))
 
     return [np.asarray(data) for data in sync(read_all())]
-
-
-def _inside(piece: Piece, box: Piece) -> bool:
-    return all(b0 <= p0 and p1 <= b1 for (p0, p1), (b0, b1) in zip(piece, box, strict=True))
 
 
 def _slices(box: Piece, origin: Piece | None = None) -> tuple[slice, ...]:
