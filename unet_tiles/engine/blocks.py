@@ -186,24 +186,25 @@ def _input_chunks(max_bytes: int) -> ChunkCache | None:
     return ChunkCache(max_bytes) if max_bytes > 0 else None
 
 
-def _worker_address() -> str | None:
-    """The address of the dask worker running this task; None outside one."""
+def _this_worker() -> Any:
+    """The dask worker running this task; None outside one (run_serial, benchmarks)."""
     from distributed import get_worker
 
     try:
-        return str(get_worker().address)
-    except ValueError:  # run_serial
+        return get_worker()
+    except ValueError:
         return None
+
+
+def _worker_address() -> str | None:
+    worker = _this_worker()
+    return None if worker is None else str(worker.address)
 
 
 def _read_cache_budget(asked_bytes: int) -> int:
     """``asked_bytes``, at most a sixteenth of this worker's memory limit, if it has one."""
-    from distributed import get_worker
-
-    try:
-        limit = get_worker().memory_manager.memory_limit
-    except ValueError:  # not in a worker: run_serial, benchmarks
-        return asked_bytes
+    worker = _this_worker()
+    limit = None if worker is None else worker.memory_manager.memory_limit
     return min(asked_bytes, limit // 16) if limit else asked_bytes
 
 

@@ -145,15 +145,16 @@ class BlockFeed:
                 return
             wanted = max(self.target() - len(self._in_flight), 0 if self._in_flight else 1)
             for _ in range(wanted):
-                position = None
+                position = hint = None
                 if not self._follow:
                     position = self._order.first()
-                elif after is not None and worker is not None:
-                    position = self._order.after(self._position[after.index], worker)
-                    after = None
-                hint = worker if position is not None and self._follow else None
-                if position is None and self._follow:
-                    position = self._order.seed()
+                else:
+                    if after is not None and worker is not None:
+                        position = self._order.after(self._position[after.index], worker)
+                        hint = worker if position is not None else None
+                        after = None
+                    if position is None:
+                        position = self._order.seed()
                 if position is None:
                     return
                 block = self._todo[position]

@@ -170,7 +170,8 @@ def read_region(array: zarr.Array[Any], region: tuple[slice, ...], split_axes: l
     (per chunk where the array has no shards): their bounding box in it.
     """
     if cache is None:
-        _check_present(array, region, [region], allow_missing_chunks, location)
+        if not allow_missing_chunks:
+            _check_present(array, chunk_keys(array, region), location)
         return np.asarray(array[region])
     pieces = _pieces(array, region, split_axes)
     kept: dict[Piece, np.ndarray] = {}
@@ -180,7 +181,11 @@ def read_region(array: zarr.Array[Any], region: tuple[slice, ...], split_axes: l
             kept[piece] = value
     fetch = _fetch_boxes(array, [piece for piece in pieces if piece not in kept], split_axes)
     boxes = [_slices(box) for box, _members in fetch]
-    _check_present(array, region, boxes, allow_missing_chunks, location)
+    if boxes and not allow_missing_chunks:
+        # In the order of the region's chunks, as the error lists them.
+        needed = {key for box in boxes for key in chunk_keys(array, box)}
+        _check_present(array, [key for key in chunk_keys(array, region) if key in needed],
+                       location)
     for (box, members), data in zip(fetch, _read_boxes(array, boxes), strict=True):
         for piece in members:
             kept[piece] = data if piece == box else data[_slices(piece, box)].copy()
@@ -222,15 +227,9 @@ def _fetch_boxes(array: zarr.Array[Any], pieces: list[Piece],
             for group in groups.values()]
 
 
-def _check_present(array: zarr.Array[Any], region: tuple[slice, ...],
-                   reads: list[tuple[slice, ...]], allow_missing_chunks: bool,
-                   location: str) -> None:
-    """Raise ``InputIncompleteError`` for a chunk of ``reads`` the store lacks (in the
-    order of ``region``'s chunks)."""
-    if allow_missing_chunks or not reads:
-        return
-    needed = {key for read in reads for key in chunk_keys(array, read)}
-    missing = _absent(array, [key for key in chunk_keys(array, region) if key in needed])
+def _check_present(array: zarr.Array[Any], keys: list[str], location: str) -> None:
+    """Raise ``InputIncompleteError`` naming the chunks of ``keys`` the store lacks."""
+    missing = _absent(array, keys)
     if missing:
         raise InputIncompleteError(
             f"input incomplete: chunk(s) {', '.join(missing[:4])}"
