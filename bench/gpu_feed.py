@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 from common import bench_model, simulated_result, synthetic_input, workdir
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
 
     from unet_tiles.pipeline.plan import Block
@@ -97,18 +99,33 @@ def steady_rate(stamps: list[float], pixels_per_block: int, skip: int) -> float:
     return (len(inner) - 1) * pixels_per_block / (inner[-1] - inner[0]) / 1e6
 
 
+@contextlib.contextmanager
+def simulated_cluster(run: Any, gpu_mpxs: float, environ: dict[str, str] | None,
+                      **cluster: Any) -> Iterator[Any]:
+    """A client of a fresh local cluster of worker processes (``cluster``: LocalCluster's
+    sizes) whose device is simulated, warmed for ``run``; ``environ`` for the workers."""
+    from distributed import Client, LocalCluster
+
+    from unet_tiles.engine.cluster import _local_config
+    from unet_tiles.engine.warm import warm_workers
+
+    with _local_config(environ), LocalCluster(
+            processes=True, host="127.0.0.1", dashboard_address=None,
+            **cluster) as local, Client(local) as client:
+        client.run(install_simulated_device, gpu_mpxs)
+        # torch and the engine imported before the first block; no forward pass to warm.
+        warm_workers(client, replace(run.job, warm_tile=None))
+        yield client
+
+
 def one_run(image: str, model: str, work: Any, threads: int, gpu_mpxs: float,
             block: int, environ: dict[str, str] | None = None,
             read_cache_bytes: int | None = None) -> tuple[float, float]:
     """(steady Mpx/s, worker CPU s per block) of one run on a fresh one-worker cluster;
     ``read_cache_bytes``: the workers' cache of decoded input chunks (None: the
     engine's default)."""
-    from distributed import Client, LocalCluster
-
     from unet_tiles.engine.blocks import run_plan
-    from unet_tiles.engine.cluster import _local_config
     from unet_tiles.engine.run import SegmentRequest, validate
-    from unet_tiles.engine.warm import warm_workers
 
     output = work / "out.zarr"
     shutil.rmtree(output, ignore_errors=True)
@@ -116,13 +133,8 @@ def one_run(image: str, model: str, work: Any, threads: int, gpu_mpxs: float,
                                   block_size=block, device="cpu"))
     if read_cache_bytes is not None:
         run.job = replace(run.job, read_cache_bytes=read_cache_bytes)
-    with _local_config(environ), LocalCluster(
-            n_workers=1, threads_per_worker=threads, processes=True, host="127.0.0.1",
-            dashboard_address=None, resources={"GPU": threads}) as cluster, \
-            Client(cluster) as client:
-        client.run(install_simulated_device, gpu_mpxs)
-        # torch and the engine imported before the first block; no forward pass to warm.
-        warm_workers(client, replace(run.job, warm_tile=None))
+    with simulated_cluster(run, gpu_mpxs, environ, n_workers=1, threads_per_worker=threads,
+                           resources={"GPU": threads}) as client:
         stamps: list[float] = []
         with run.locked():
             run.prepare()

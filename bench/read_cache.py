@@ -76,13 +76,11 @@ def gpu_host(image: str, model: str, work: Path, rounds: int, gpu_mpxs: float) -
 
 def workers(image: str, model: str, work: Path, rounds: int, gpu_mpxs: float,
             counts: list[int]) -> None:
-    from distributed import Client, LocalCluster
-    from gpu_feed import install_simulated_device
+    from gpu_feed import simulated_cluster
 
     from unet_tiles.engine.blocks import READ_CACHE_BYTES, run_plan
-    from unet_tiles.engine.cluster import GPU_WORKER_MALLOC, _local_config
+    from unet_tiles.engine.cluster import GPU_WORKER_MALLOC
     from unet_tiles.engine.run import SegmentRequest, validate
-    from unet_tiles.engine.warm import warm_workers
 
     def decoded() -> int:
         from unet_tiles.engine.blocks import _input_chunks
@@ -101,12 +99,8 @@ def workers(image: str, model: str, work: Path, rounds: int, gpu_mpxs: float,
                 run = validate(SegmentRequest(input=image, output=str(output),
                                               model_dir=model, device="cpu"))
                 # 8 GiB each: the cache's budget is not cut to a sixteenth of the limit.
-                with _local_config(GPU_WORKER_MALLOC), LocalCluster(
-                        n_workers=n, threads_per_worker=1, processes=True,
-                        host="127.0.0.1", dashboard_address=None,
-                        memory_limit="8GiB") as cluster, Client(cluster) as client:
-                    client.run(install_simulated_device, gpu_mpxs)
-                    warm_workers(client, replace(run.job, warm_tile=None))
+                with simulated_cluster(run, gpu_mpxs, GPU_WORKER_MALLOC, n_workers=n,
+                                       threads_per_worker=1, memory_limit="8GiB") as client:
                     with run.locked():
                         run.prepare()
                         summary = run_plan(client, run.plan, run.job, progress=False,
