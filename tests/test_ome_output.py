@@ -254,6 +254,7 @@ def test_round_trip_on_images_written_by_ome_zarr_py(tmp_path: Path, make_model:
     assert [a["name"] for a in ngff["multiscales"][0]["axes"]] == [a for a in axes if a != "c"]
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_segment_iterates_a_plates_fields(tmp_path: Path, model_dir: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:

@@ -216,6 +216,7 @@ def test_requests_name_their_parameters(options: dict[str, Any], message: str) -
         SegmentRequest("in.zarr", "out.zarr", "model", **options)
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_the_driver_never_imports_torch(tmp_path: Path, make_model: Any) -> None:
     # Only workers load the model: a driver with torch holds ~180 MiB for nothing

@@ -83,6 +83,7 @@ def test_bfloat16_runs_in_bfloat16_and_is_recorded(tmp_path: Path, make_model: A
         again.prepare()
 
 
+@pytest.mark.slow
 def test_cli_resume_is_byte_identical_and_other_parameters_are_refused(
     tmp_path: Path, make_model: Any, image: np.ndarray, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -256,6 +257,7 @@ def test_overwrite_on_a_warm_cluster_never_writes_through_stale_arrays(
         assert (labels == expected).mean() > 0.999
 
 
+@pytest.mark.slow
 def test_chunks_omitted_as_fill_value_need_explicit_permission(
     tmp_path: Path, make_model: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -67,6 +67,7 @@ def touching_cells(shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.nd
     return classes, probability.astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["border", "probability"])
 @settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
