@@ -7,6 +7,7 @@ run, with no temporary file and no lock file left.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from fault_helpers import (  # noqa: F401
     SUMMARY,
     assert_identical,
     done_grid,
+    external_cluster_fixture,
     kill_group,
     make_image,
     model_fixture,
@@ -88,3 +90,37 @@ def test_driver_killed_with_instances_resumes_byte_identical(
     assert "objects" in stdout
     assert_identical(out, ref)
     assert not (Path(out) / "_instances").exists()
+
+
+@pytest.mark.slow
+def test_driver_killed_leaves_no_warm_up_on_a_cluster_that_outlives_it(
+        tmp_path: Path, model: Path, spawn: Callable[..., Any],
+        external_cluster: Callable[..., tuple[str, Any]]) -> None:
+    # The run registers a worker plugin that warms each joining worker, and unregisters
+    # it in a ``finally`` that a SIGKILLed driver never reaches: the scheduler drops it
+    # itself when the driver's client leaves, so later workers do not load a dead
+    # run's model.
+    address, client = external_cluster(nworkers=1)
+
+    def run_plugins() -> list[str]:
+        def names(dask_scheduler: Any) -> list[str]:
+            return [*dask_scheduler.worker_plugins, *dask_scheduler.plugins]
+
+        return [name for name in client.run_on_scheduler(names)
+                if name.startswith("unet-tiles-warm-up-")]
+
+    inp = make_image(tmp_path / "img.zarr")
+    out = str(tmp_path / "out.zarr")
+    proc = spawn(segment_argv(inp, out, model, "--cluster", address))
+    deadline = time.monotonic() + 120
+    while len(run_plugins()) < 2:  # the warm-up and the plugin that forgets it
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run registered no warm-up"
+        time.sleep(0.05)
+    kill_group(proc)
+    done = done_grid(out)
+    assert done is None or done.sum() < done.size, "kill came too late to test anything"
+    deadline = time.monotonic() + 30
+    while run_plugins():
+        assert time.monotonic() < deadline, f"left on the scheduler: {run_plugins()}"
+        time.sleep(0.1)

@@ -4,7 +4,9 @@ join while the run goes on (the jobs of a SLURM or Kubernetes cluster start late
 A dask worker plugin does both: registering it warms the workers the cluster has and
 waits for them; dask runs its ``setup`` on every worker that registers afterwards,
 before that worker takes a task. It is unregistered when the run's blocks are done, so
-a cluster that outlives the run (``--cluster tcp://...``) does not keep warming for it.
+a cluster that outlives the run (``--cluster tcp://...``) does not keep warming for it;
+a driver killed before that (no ``finally`` runs) leaves it to a scheduler plugin that
+drops it when the driver's client leaves the scheduler.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from unet_tiles.engine.blocks import job_model, set_torch_threads
 
@@ -91,8 +93,31 @@ class WarmUp(WorkerPlugin):
                            worker.address, type(exc).__name__, exc)
 
 
+class ForgetWithClient(SchedulerPlugin):
+    """On the scheduler: drops the worker plugin ``plugin_name`` (and itself) when the
+    client ``client_id`` leaves without having unregistered it: a driver killed with
+    SIGKILL or by the OOM killer, whose run would otherwise warm every worker that joins
+    the cluster later (each loading a model nobody uses) until the cluster stops."""
+
+    def __init__(self, client_id: str, plugin_name: str) -> None:
+        self.client_id = client_id
+        self.plugin_name = plugin_name
+
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        if client != self.client_id:
+            return
+        if scheduler.worker_plugins.pop(self.plugin_name, None) is not None:
+            logger.info("client %s left without unregistering %s: dropped",
+                        client, self.plugin_name)
+        scheduler.plugins.pop(_guard_name(self.plugin_name), None)
+
+
 def warm_up_name(job: BlockJob) -> str:
     return f"unet-tiles-warm-up-{job.run_id}"
+
+
+def _guard_name(plugin_name: str) -> str:
+    return f"{plugin_name}-forget-with-client"
 
 
 def warm_workers(client: Client, job: BlockJob) -> None:
@@ -102,8 +127,14 @@ def warm_workers(client: Client, job: BlockJob) -> None:
     pass) is only logged: its first block meets the same death as a task, instead of
     the registration's traceback ending the run before any block.
     """
+    name = warm_up_name(job)
+    try:  # first: the driver may be killed while the workers warm
+        client.register_plugin(ForgetWithClient(client.id, name), name=_guard_name(name))
+    except Exception as exc:  # a scheduler without unet-tiles cannot load it
+        logger.info("the scheduler keeps run %s's warm-up if this process is killed "
+                    "(%s: %s)", job.run_id, type(exc).__name__, exc)
     try:
-        client.register_plugin(WarmUp(job), name=warm_up_name(job))
+        client.register_plugin(WarmUp(job), name=name)
     except Exception as exc:  # a worker died warming: the blocks' retry rules apply
         logger.warning("warming worker(s) failed (%s: %s); their first blocks run cold",
                        type(exc).__name__, exc)
@@ -111,10 +142,15 @@ def warm_workers(client: Client, job: BlockJob) -> None:
 
 def stop_warming(client: Client, job: BlockJob) -> None:
     """Workers that join from now on are not warmed for ``job``."""
-    try:
-        client.unregister_worker_plugin(warm_up_name(job))
-    except Exception:  # the cluster is gone, or never had it: nothing to undo
-        logger.debug("no warm-up to unregister for run %s", job.run_id, exc_info=True)
+    name = warm_up_name(job)
+    for unregister, plugin in ((client.unregister_worker_plugin, name),
+                               (client.unregister_scheduler_plugin, _guard_name(name))):
+        try:
+            unregister(plugin)
+        except Exception:  # the cluster is gone, or never had it: nothing to undo
+            logger.debug("no %s to unregister for run %s", plugin, job.run_id,
+                         exc_info=True)
 
 
-__all__ = ["WarmUp", "stop_warming", "warm_up_name", "warm_worker", "warm_workers"]
+__all__ = ["ForgetWithClient", "WarmUp", "stop_warming", "warm_up_name", "warm_worker",
+           "warm_workers"]
