@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: the cores this process may use (its affinity, a container's CPU
+    quota), as the local cluster counts them; xdist would count the host's cores."""
+    from unet_tiles.engine.cluster import usable_cores
+
+    return usable_cores()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The files with the most slow tests first, each file's tests in their own order.
 

@@ -11,7 +11,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,6 +104,50 @@ def test_torch_threads_share_the_cores_among_worker_threads() -> None:
         assert (info.kind, info.workers, info.threads_per_worker) == ("cpu", 1, 2)
         assert info.torch_threads == max(1, cores // 2)
         assert list(client.nthreads().values()) == [2]
+
+
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+# In a private mount namespace: a cgroup v1 cpu group of its own, seen where a
+# container sees its cgroup (dask.system reads the quota there), joined, then Python.
+IN_CGROUP = """set -e
+mount --make-rprivate /
+mkdir -p "$1/group" && mount --bind "$2" "$1/group"
+mount -t tmpfs none /sys/fs/cgroup
+mkdir /sys/fs/cgroup/cpu,cpuacct && mount --bind "$1/group" /sys/fs/cgroup/cpu,cpuacct
+echo $$ > /sys/fs/cgroup/cpu,cpuacct/cgroup.procs
+exec "$3" -c "$4"
+"""
+WORKERS_STARTED = """
+from unet_tiles.engine.cluster import connect
+with connect("cpu") as (client, info):
+    print(info.workers, len(client.nthreads()), info.torch_threads)
+"""
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(os.geteuid() != 0 or not (CGROUP_V1_CPU / "cpu.cfs_quota_us").exists()
+                    or not shutil.which("unshare") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs root, cgroup v1's cpu controller, unshare and 2+ cores")
+@pytest.mark.parametrize("quota_us", [-1, 100_000])
+def test_the_local_cluster_counts_a_containers_cpu_limit(tmp_path: Path, quota_us: int,
+                                                         no_gpus: None) -> None:
+    """A container or pod limited to 1 CPU (a cgroup CPU quota, Docker's ``--cpus 1``, a
+    Kubernetes CPU limit) on a host with more cores gets a one-worker local cluster,
+    not a worker per host core; without a quota, one per core it may run on."""
+    group = CGROUP_V1_CPU / f"unet-tiles-test-{os.getpid()}-{quota_us}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+        done = subprocess.run(["unshare", "-m", "sh", "-c", IN_CGROUP, "sh", str(tmp_path),
+                               str(group), sys.executable, WORKERS_STARTED],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        group.rmdir()
+    cores = len(os.sched_getaffinity(0))
+    expected = (cores, cores, 1) if quota_us < 0 else (1, 1, 1)
+    assert tuple(map(int, done.stdout.split())) == expected
 
 
 @pytest.mark.cluster

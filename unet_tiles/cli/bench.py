@@ -8,7 +8,6 @@ recommends for this machine.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from unet_tiles.cli.options import add_model
@@ -46,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from unet_tiles.demo.images import demo_model_dir
     from unet_tiles.demo.synth import generate_image
     from unet_tiles.engine import benchmark
+    from unet_tiles.engine.cluster import usable_cores
     from unet_tiles.engine.run import DEFAULT_BLOCK, model_and_hash
     from unet_tiles.errors import UsageError
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"`model_dir` {model_dir!r} is a {model.config.dims}D model with "
                          f"{model.config.in_channels} channel(s); bench measures 2D "
                          "single-channel models")
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="unet-tiles-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

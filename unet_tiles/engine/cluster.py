@@ -107,11 +107,13 @@ def gpus_present() -> int:
     return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity and its cgroup's CPU quota (a
+    container's or a Kubernetes pod's CPU limit, rounded up), not the host's count,
+    which would start a worker per core of a 64-core node in a 4-CPU pod."""
+    from dask.system import cpu_count
+
+    return int(cpu_count())
 
 
 @contextlib.contextmanager
@@ -167,7 +169,7 @@ def _with_dashboard(client: Client, info: ClusterInfo) -> ClusterInfo:
 @contextlib.contextmanager
 def _local_cpu(workers: int | None,
                threads: int | None) -> Iterator[tuple[Client, ClusterInfo]]:
-    cores = _cpu_count()
+    cores = usable_cores()
     threads = threads or DEFAULT_THREADS_PER_WORKER
     workers = workers or max(1, cores // threads)
     torch_threads = max(1, cores // (workers * threads))
@@ -262,7 +264,7 @@ def _local_cuda(workers: int | None,
     ) as cluster, Client(cluster) as client:
         # torch's CPU threads (tile stacking, host work) shared among the GPU workers,
         # not each taking every core.
-        cores = len(os.sched_getaffinity(0))
+        cores = usable_cores()
         yield client, ClusterInfo("cuda", workers or gpus, threads,
                                   max(1, cores // (workers or gpus)), {"GPU": 1})
 
