@@ -8,6 +8,7 @@ tick comes back to 20ms (test_segment.py::test_two_local_clusters_in_a_fresh_pro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -149,10 +150,29 @@ def test_the_local_cluster_counts_a_containers_cpu_limit(tmp_path: Path, quota_u
                               capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
-        group.rmdir()
+        _remove_cgroup(group)
     cores = len(os.sched_getaffinity(0))
     expected = (cores, cores, 1) if quota_us < 0 else (1, 1, 1)
     assert tuple(map(int, done.stdout.split())) == expected
+
+
+def _remove_cgroup(group: Path, timeout_s: float = 30.0) -> None:
+    """rmdir a cgroup once it is empty: the cluster's processes may still be exiting
+    after the driver has (EBUSY until then); what is left after a moment is killed."""
+    import signal
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 @pytest.mark.cluster
