@@ -22,13 +22,13 @@ other worker/thread/tile settings (how the defaults were chosen).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from typing import TYPE_CHECKING
 
 from common import bench_model, synthetic_input, workdir
 
 from unet_tiles.engine.benchmark import end_to_end, paired_rounds, scan
+from unet_tiles.engine.cluster import usable_cores
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,7 +44,7 @@ def main() -> None:
                         help="alternating ceiling / end-to-end rounds (best of each counts)")
     parser.add_argument("--sweep", action="store_true")
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     work = workdir("unet-tiles-bench-")
     model_dir = bench_model(args.model, work)
     print(f"model {model_dir}, {cores} cores, image {args.size} x {args.size} uint8")

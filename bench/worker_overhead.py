@@ -142,9 +142,9 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=2, help="best of this many rounds")
     args = parser.parse_args()
-    from unet_tiles.engine.cluster import CPU_WORKER_MALLOC
+    from unet_tiles.engine.cluster import CPU_WORKER_MALLOC, usable_cores
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     work = workdir("unet-tiles-overhead-")
     model_dir = bench_model(args.model, work)
     src = synthetic_input(work, args.size)

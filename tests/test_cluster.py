@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from unet_tiles.engine.cluster import (
     ClusterInfo,
     connect,
     gpus_present,
+    usable_cores,
 )
 from unet_tiles.errors import UsageError
 
@@ -76,7 +78,7 @@ def test_local_cpu_cluster_info_workers_and_config(no_gpus: None) -> None:
     import dask
     import distributed  # noqa: F401  (its defaults are part of the config compared)
 
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     before = _flat(dask.config.config)
     with connect("local", workers=1) as (client, info):  # no GPU: local means cpu
         assert info == ClusterInfo("cpu", workers=1, threads_per_worker=1,
@@ -100,7 +102,7 @@ def test_local_cpu_cluster_info_workers_and_config(no_gpus: None) -> None:
 
 @pytest.mark.cluster
 def test_torch_threads_share_the_cores_among_worker_threads() -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     with connect("cpu", workers=1, threads_per_worker=2) as (client, info):
         assert (info.kind, info.workers, info.threads_per_worker) == ("cpu", 1, 2)
         assert info.torch_threads == max(1, cores // 2)
@@ -159,8 +161,6 @@ def test_the_local_cluster_counts_a_containers_cpu_limit(tmp_path: Path, quota_u
 def _remove_cgroup(group: Path, timeout_s: float = 30.0) -> None:
     """rmdir a cgroup once it is empty: the cluster's processes may still be exiting
     after the driver has (EBUSY until then); what is left after a moment is killed."""
-    import signal
-
     deadline = time.monotonic() + timeout_s
     while True:
         try:
